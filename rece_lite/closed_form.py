@@ -1,0 +1,228 @@
+"""The closed forms of UCE and RECE, as pure tensor functions.
+
+References:
+    Gandikota et al., *Unified Concept Editing in Diffusion Models*, WACV 2024
+    (arXiv 2308.14761), eq. 7.
+    Gong et al., *Reliable and Efficient Concept Erasure of Text-to-Image
+    Diffusion Models*, ECCV 2024 (arXiv 2407.12383), §3.2-3.3.
+
+Conventions: embeddings are *rows* (``c`` of shape ``(n, d)``); a projection is
+``W`` of shape ``(out, d)`` acting as ``W @ c.T``.  Every ``d x d`` system is
+solved in float64 with ``torch.linalg.solve`` (never an explicit inverse): the
+matrices are ``λ I`` plus a low-rank Gram, badly conditioned, and float32
+solves drift by about a percent.  Results come back in the caller's dtype.
+
+No diffusers here: these functions run on toy matrices (notebook 1) and on the
+stacked K/V weights of a real UNet alike.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+Reg = Literal["zero", "standard", "surrogate"]
+REGULARISERS: tuple[str, ...] = ("zero", "standard", "surrogate")
+
+
+class SolveError(FloatingPointError):
+    """A closed-form solve produced NaN or inf (nothing was changed)."""
+
+
+def _f64(x: torch.Tensor) -> torch.Tensor:
+    return x.detach().to(torch.float64)
+
+
+def _rows(x: torch.Tensor | None, d: int) -> torch.Tensor:
+    """(n, d) float64; None or an empty tensor gives (0, d)."""
+    if x is None or x.numel() == 0:
+        return torch.zeros(0, d, dtype=torch.float64)
+    x = _f64(x).reshape(-1, x.shape[-1])
+    if x.shape[1] != d:
+        raise ValueError(f"embeddings have width {x.shape[1]}, expected {d}")
+    return x
+
+
+def _check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise SolveError(
+            f"{what} produced NaN or inf; the inputs contain non-finite values or the system is "
+            "singular: raise lamb / reg_scale, or check the embeddings"
+        )
+    return x
+
+
+def _check_scales(lamb: float, erase_scale: float, preserve_scale: float) -> None:
+    if not lamb > 0:
+        raise ValueError(f"lamb must be > 0 (it keeps the solve well-posed), got {lamb}")
+    if erase_scale < 0 or preserve_scale < 0:
+        raise ValueError(f"erase_scale and preserve_scale must be >= 0, got {erase_scale}, {preserve_scale}")
+
+
+def uce_weights(
+    W: torch.Tensor,
+    erase: torch.Tensor,
+    targets: torch.Tensor,
+    preserve: torch.Tensor | None = None,
+    *,
+    lamb: float = 0.1,
+    erase_scale: float = 1.0,
+    preserve_scale: float = 0.1,
+) -> torch.Tensor:
+    """UCE's closed-form edit of one projection matrix (UCE eq. 7).
+
+    Minimises ``λ‖W'−W‖² + s_e Σ_i ‖W' c_i − v*_i‖² + s_p Σ_j ‖W' c_j − W c_j‖²``:
+
+        W' = (λ W + s_e Σ v*_i c_iᵀ + s_p Σ W c_j c_jᵀ)(λ I + s_e Σ c_i c_iᵀ + s_p Σ c_j c_jᵀ)⁻¹
+
+    Args:
+        W: (out, d) current weights.
+        erase: (n, d) embeddings of the concept to erase, c_i.
+        targets: (n, out) what W' should output for them, v*_i (UCE: ``W c*_i``).
+        preserve: (m, d) embeddings whose outputs must not change, c_j.
+        lamb: λ > 0, the pull toward the current weights.
+        erase_scale: s_e ≥ 0.
+        preserve_scale: s_p ≥ 0.
+
+    Returns:
+        (out, d) the edited weights, in ``W``'s dtype.
+    """
+    _check_scales(lamb, erase_scale, preserve_scale)
+    d = W.shape[1]
+    W64, ce, cp = _f64(W), _rows(erase, d), _rows(preserve, d)
+    v = _f64(targets).reshape(-1, W.shape[0])
+    if v.shape[0] != ce.shape[0]:
+        raise ValueError(f"{ce.shape[0]} erase embeddings but {v.shape[0]} targets")
+    A = lamb * torch.eye(d, dtype=torch.float64) + erase_scale * ce.T @ ce + preserve_scale * cp.T @ cp
+    B = lamb * W64 + erase_scale * v.T @ ce + preserve_scale * (W64 @ cp.T) @ cp
+    # W' = B A⁻¹  <=>  A W'ᵀ = Bᵀ (A is symmetric)
+    return _check_finite(torch.linalg.solve(A, B.T).T, "the UCE solve").to(W.dtype)
+
+
+def uce_map(
+    erase: torch.Tensor,
+    guide: torch.Tensor,
+    preserve: torch.Tensor | None = None,
+    *,
+    lamb: float = 0.1,
+    erase_scale: float = 1.0,
+    preserve_scale: float = 0.1,
+) -> torch.Tensor:
+    """The ``d x d`` matrix M with ``uce_weights(W, c, W c*, c_p) == W @ M`` for *every* W.
+
+    Because UCE's targets are the current matrix applied to other embeddings
+    (``W c*_i`` and ``W c_j``), the edit factors through the embedding space:
+
+        M = (λ I + s_e Σ c*_i c_iᵀ + s_p Σ c_j c_jᵀ)(λ I + s_e Σ c_i c_iᵀ + s_p Σ c_j c_jᵀ)⁻¹
+
+    One M serves every key and value matrix of every layer.
+
+    Args:
+        erase: (n, d) erase embeddings c_i.
+        guide: (n, d) guide embeddings c*_i, row-aligned with ``erase``.
+        preserve: (m, d) preserve embeddings c_j.
+
+    Returns:
+        (d, d) float64.
+    """
+    _check_scales(lamb, erase_scale, preserve_scale)
+    d = erase.shape[-1]
+    ce, cg, cp = _rows(erase, d), _rows(guide, d), _rows(preserve, d)
+    if cg.shape != ce.shape:
+        raise ValueError(f"erase and guide embeddings must align row by row, got {tuple(ce.shape)} and {tuple(cg.shape)}")
+    eye = lamb * torch.eye(d, dtype=torch.float64)
+    keep = preserve_scale * cp.T @ cp
+    A = eye + erase_scale * ce.T @ ce + keep
+    N = eye + erase_scale * cg.T @ ce + keep
+    return _check_finite(torch.linalg.solve(A, N.T).T, "the UCE solve")
+
+
+def gram(weights: list[torch.Tensor], others: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """``Σ_l W_lᵀ V_l`` in float64 (``V_l = W_l`` when ``others`` is None).
+
+    Args:
+        weights: (out_l, d) matrices W_l.
+        others: (out_l, d) matrices V_l, one per W_l.
+
+    Returns:
+        (d, d) float64.
+    """
+    if not weights:
+        raise ValueError("no matrices given")
+    d = weights[0].shape[1]
+    acc = torch.zeros(d, d, dtype=torch.float64)
+    for i, w in enumerate(weights):
+        w64 = _f64(w)
+        acc += w64.T @ (w64 if others is None else _f64(others[i]))
+    return acc
+
+
+def derive_embedding(
+    H: torch.Tensor,
+    K: torch.Tensor,
+    concept: torch.Tensor,
+    *,
+    reg: Reg = "zero",
+    reg_scale: float = 0.1,
+    old_target: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """RECE's closed-form embedding c' that makes the edited model act like the original on c.
+
+    Minimises ``Σ_l ‖W_l c' − W_l^orig c‖² + R(c')`` for each row c of ``concept``, with
+    ``H = Σ_l W_lᵀ W_l`` and ``K = Σ_l W_lᵀ W_l^orig`` (see :func:`gram`):
+
+    ============  ===============================  ==========================================
+    ``reg``       R(c')                            solution
+    ============  ===============================  ==========================================
+    ``zero``      λ'‖c'‖²                          (λ'I + H) c' = K c
+    ``standard``  λ'‖c' − c_old‖²                  (λ'I + H) c' = λ' c_old + K c
+    ``surrogate`` λ' Σ_l ‖W_l c' − W_l c‖²         (1+λ') H c' = K c + λ' H c
+    ============  ===============================  ==========================================
+
+    With the edits so far written as ``W_l = W_l^orig P`` and ``G = Σ W_l^origᵀ W_l^orig``,
+    ``H = Pᵀ G P`` and ``K = Pᵀ G``: nothing here depends on the number of layers.
+
+    Args:
+        H: (d, d) Σ W_lᵀ W_l of the current (edited) matrices.
+        K: (d, d) Σ W_lᵀ W_l^orig.
+        concept: (T, d) the concept's embeddings c (one row per token).
+        reg: which regulariser (RECE's close_regzero / close_standardreg / close_surrogatereg).
+        reg_scale: λ' > 0 (``surrogate``: ≥ 0).
+        old_target: (T, d) c_old, required by ``standard``.
+
+    Returns:
+        (T, d) c', in ``concept``'s dtype.
+    """
+    if reg not in REGULARISERS:
+        raise ValueError(f"reg must be one of {REGULARISERS}, got {reg!r}")
+    if reg_scale < 0 or (reg != "surrogate" and reg_scale == 0):
+        raise ValueError(f"reg_scale must be > 0 for reg={reg!r}, got {reg_scale}")
+    d = H.shape[0]
+    c = _rows(concept, d)
+    H64, K64 = _f64(H), _f64(K)
+    rhs = K64 @ c.T  # (d, T)
+    if reg == "surrogate":
+        A = (1 + reg_scale) * H64
+        rhs = rhs + reg_scale * H64 @ c.T
+    else:
+        A = reg_scale * torch.eye(d, dtype=torch.float64) + H64
+        if reg == "standard":
+            if old_target is None:
+                raise ValueError("reg='standard' needs old_target= (the embedding of the old target concept)")
+            old = _rows(old_target, d)
+            if old.shape != c.shape:
+                raise ValueError(f"old_target must have the concept's shape {tuple(c.shape)}, got {tuple(old.shape)}")
+            rhs = rhs + reg_scale * old.T
+    out = _check_finite(torch.linalg.solve(A, rhs).T, "the RECE derivation")
+    return out.reshape(concept.shape).to(concept.dtype)
+
+
+def residual(H: torch.Tensor, K: torch.Tensor, G: torch.Tensor, c_new: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``Σ_l ‖W_l c' − W_l^orig c‖²`` per row, from Gram matrices alone (float64).
+
+    Expanding the square: c'ᵀ H c' − 2 c'ᵀ K c + cᵀ G c, with ``G = Σ W_l^origᵀ W_l^orig``.
+    """
+    x, y = _f64(c_new).reshape(-1, H.shape[0]), _f64(c).reshape(-1, H.shape[0])
+    H64, K64, G64 = _f64(H), _f64(K), _f64(G)
+    return ((x @ H64) * x).sum(1) - 2 * ((x @ K64) * y).sum(1) + ((y @ G64) * y).sum(1)

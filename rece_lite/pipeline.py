@@ -1,0 +1,105 @@
+"""Loading a Stable Diffusion 1.x pipeline and encoding prompts.
+
+``load_pipeline("tiny")`` gives the embedded miniature model; any hub id or
+local path of an SD 1.x model works the same where its weights are on disk.
+Nothing here downloads unless the caller's environment allows it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+TINY_PATH = Path(__file__).resolve().parents[1] / "data" / "tiny"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_supported(pipe) -> None:
+    """Refuse pipelines the closed forms here do not cover, saying why."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise NotImplementedError(
+            f"{type(pipe).__name__} has two text encoders (SDXL-style): rece-lite supports "
+            "Stable Diffusion 1.x pipelines (one CLIP text encoder) only, for now"
+        )
+    for part in ("unet", "text_encoder", "tokenizer"):
+        if getattr(pipe, part, None) is None:
+            raise ValueError(f"{type(pipe).__name__} has no {part}: a Stable Diffusion 1.x pipeline is needed")
+
+
+def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None):
+    """A ``StableDiffusionPipeline`` ready to sample and to edit.
+
+    Args:
+        model: ``"tiny"`` (the embedded miniature model), a local folder in
+            ``save_pretrained`` layout, or a hub id already in the local cache
+            (e.g. ``"CompVis/stable-diffusion-v1-4"``).
+        device: default ``cuda`` when available, else ``cpu``.
+        dtype: default float16 on CUDA, float32 elsewhere.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    device = device or default_device()
+    dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
+    if str(model) == "tiny":
+        if not (TINY_PATH / "model_index.json").exists():
+            raise FileNotFoundError(
+                f"the embedded model is missing from {TINY_PATH}; train it with `python -m rece_lite.tiny.train`"
+            )
+        source: str | os.PathLike = TINY_PATH
+    else:
+        source = model
+    local = Path(source).is_dir()
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            source, torch_dtype=dtype, local_files_only=local or offline
+        )
+    except (OSError, ValueError) as e:
+        where = "is not a folder in save_pretrained layout" if local else "is neither a local folder nor in the Hugging Face cache"
+        raise FileNotFoundError(
+            f"could not load {str(model)!r}: it {where}{' (HF_HUB_OFFLINE is set, so nothing is downloaded)' if offline else ''}. "
+            "Use 'tiny' for the embedded model, or download the weights first where you have network access. "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        ) from e
+    check_supported(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
+
+
+@torch.no_grad()
+def encode(pipe, prompts: str | Sequence[str]) -> torch.Tensor:
+    """Text-encoder outputs for prompts padded to the tokenizer's ``model_max_length``.
+
+    This is exactly what the pipeline feeds its cross-attention (the conditional
+    branch), all positions included.
+
+    Returns:
+        (B, T, d) in the text encoder's dtype, on its device.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    ids = pipe.tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids.to(pipe.text_encoder.device)
+    return pipe.text_encoder(ids)[0]
+
+
+def last_subject_index(pipe, prompt: str) -> int:
+    """Position of a prompt's last word token (the one before EOS), as the newer UCE uses.
+
+    For the empty prompt this is 0, the start token.
+    """
+    mask = pipe.tokenizer(
+        prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).attention_mask
+    return int(mask.sum().item()) - 2
