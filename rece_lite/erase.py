@@ -131,7 +131,7 @@ def _apply_map(pipe, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
 def _as_list(x: Item | Sequence[Item] | None) -> list[Item]:
     if x is None:
         return []
-    if isinstance(x, (str, torch.Tensor)):
+    if isinstance(x, (str, torch.Tensor)) or not isinstance(x, Sequence):
         return [x]
     return list(x)
 

@@ -192,3 +192,54 @@ def accuracy(labels: Labels, shapes: Sequence[str | None], colours: Sequence[str
     ]
     mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
     return {"shape": mean(s_ok), "colour": mean(c_ok), "both": mean(both)}
+
+
+# ------------------------------------------------------------- prompts and scores
+def concept_prompts(concept: str, *, synonyms: bool = False) -> list[str]:
+    """Prompts that ask for ``concept``: "a red {shape}" for every shape (or "a {colour} circle").
+
+    With ``synonyms``, the concept is written with each of its synonyms instead of its name.
+    """
+    kind, name = concept_of(concept)
+    words = world.SYNONYMS[name] if synonyms else (name,)
+    others = world.SHAPES if kind == "colour" else world.COLOURS
+    if kind == "colour":
+        return [f"a {w} {o}" for w in words for o in others]
+    return [f"a {o} {w}" for w in words for o in others]
+
+
+def other_prompts(concept: str) -> tuple[list[str], list[str], list[str]]:
+    """Prompts "a {colour} {shape}" that do not involve ``concept``, with what each asks for."""
+    kind, name = concept_of(concept)
+    prompts, shapes, colours = [], [], []
+    for c in world.COLOURS:
+        for s in world.SHAPES:
+            if name in (c, s):
+                continue
+            prompts.append(f"a {c} {s}")
+            shapes.append(s)
+            colours.append(c)
+    return prompts, shapes, colours
+
+
+def concept_share(pipe, concept: str, *, prompts=None, embeds=None, seeds=range(8), **sample_kw) -> float:
+    """Share of images (from ``prompts``, default :func:`concept_prompts`, or ``embeds``) showing ``concept``.
+
+    For the prompts of an erased concept this is the *erasure rate* (lower is better).
+    """
+    from rece_lite.pipeline import sample
+
+    if embeds is None and prompts is None:
+        prompts = concept_prompts(concept)
+    imgs = sample(pipe, prompts, embeds=embeds, seeds=list(seeds), **sample_kw)
+    return share_with(classify(imgs), concept)
+
+
+def other_accuracy(pipe, concept: str, *, seeds=range(8), **sample_kw) -> dict[str, float]:
+    """Shape / colour / joint accuracy on prompts of the *other* concepts (preservation's numerator)."""
+    from rece_lite.pipeline import sample
+
+    prompts, shapes, colours = other_prompts(concept)
+    k = len(list(seeds))
+    imgs = sample(pipe, prompts, seeds=list(seeds), **sample_kw)
+    return accuracy(classify(imgs), [s for s in shapes for _ in range(k)], [c for c in colours for _ in range(k)])

@@ -103,3 +103,65 @@ def last_subject_index(pipe, prompt: str) -> int:
         prompt, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).attention_mask
     return int(mask.sum().item()) - 2
+
+
+@torch.no_grad()
+def sample(
+    pipe,
+    prompts: str | Sequence[str] | None = None,
+    *,
+    embeds: torch.Tensor | None = None,
+    seeds: Sequence[int] = (0,),
+    steps: int = 20,
+    guidance: float = 6.0,
+    batch_size: int = 64,
+):
+    """Images for every prompt (or embedding) and seed, deterministically.
+
+    Each image has its own generator seeded with its seed, so an image does not
+    depend on what else is in the batch.
+
+    Args:
+        prompts: P prompts; or
+        embeds: (P, T, d) text embeddings instead (e.g. a derived embedding), fed
+            as ``prompt_embeds`` with the empty prompt as the negative.
+        seeds: S seeds; images come prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
+        steps: sampling steps.
+        guidance: classifier-free guidance scale.
+
+    Returns:
+        (P * S, H, W, 3) uint8.
+    """
+    import numpy as np
+
+    if (prompts is None) == (embeds is None):
+        raise ValueError("give prompts or embeds (not both)")
+    if embeds is not None:
+        if embeds.ndim == 2:
+            embeds = embeds[None]
+        conds = list(embeds)
+    else:
+        conds = [prompts] if isinstance(prompts, str) else list(prompts)
+    jobs = [(c, s) for c in conds for s in seeds]
+    device = pipe.unet.device
+    out = []
+    for i in range(0, len(jobs), batch_size):
+        chunk = jobs[i : i + batch_size]
+        gens = [torch.Generator(device="cpu").manual_seed(int(s)) for _, s in chunk]
+        kw = dict(num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np")
+        if embeds is not None:
+            pe = torch.stack([c for c, _ in chunk]).to(device, pipe.text_encoder.dtype)
+            neg = encode(pipe, [""] * len(chunk)).to(device, pe.dtype)
+            # latents drawn on the CPU from each image's generator, for the same images on every device
+            res = pipe(prompt_embeds=pe, negative_prompt_embeds=neg, latents=_latents(pipe, gens), **kw)
+        else:
+            res = pipe([c for c, _ in chunk], latents=_latents(pipe, gens), **kw)
+        out.append(np.clip(res.images * 255 + 0.5, 0, 255).astype(np.uint8))
+    return np.concatenate(out)
+
+
+def _latents(pipe, gens: list[torch.Generator]) -> torch.Tensor:
+    c = pipe.unet.config
+    size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
+    z = torch.stack([torch.randn(c.in_channels, size, size, generator=g) for g in gens])
+    return z.to(pipe.unet.device, pipe.unet.dtype)

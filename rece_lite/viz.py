@@ -55,3 +55,308 @@ def image_grid(
         fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------ attention maps
+# Heat maps come from rece_lite.attention: store.token_maps(...)[i] is token i's (h, w) map.
+# A "run" below is a rece_lite.attention.Recording, or any (image, store, tokens) tuple.
+
+ATTENTION_CMAP = "jet"
+
+
+def _one_image(image) -> np.ndarray:
+    """(H, W, 3) uint8 from a PIL image, an (H, W, 3) array or floats in [0, 1]."""
+    arr = to_array(image if isinstance(image, np.ndarray) or hasattr(image, "detach") else [image])
+    return arr[0] if arr.ndim == 4 else arr
+
+
+def _upsampled(heat, size: tuple[int, int]) -> np.ndarray:
+    import torch
+    import torch.nn.functional as F
+
+    h = torch.as_tensor(np.asarray(heat.detach().cpu() if hasattr(heat, "detach") else heat), dtype=torch.float32)
+    if h.ndim != 2:
+        raise ValueError(f"heat must be one token's (h, w) map, e.g. store.token_maps()[i]; got shape {tuple(h.shape)}")
+    return F.interpolate(h[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+
+
+def overlay(
+    image,
+    heat,
+    ax=None,
+    *,
+    alpha: float = 0.6,
+    vmax: float | None = None,
+    cmap: str = ATTENTION_CMAP,
+    title: str | None = None,
+):
+    """One token's heat map, upsampled bilinearly to the picture and drawn over it.
+
+    Args:
+        image: the generated picture (PIL, (H, W, 3) uint8 or floats in [0, 1]).
+        heat: (h, w) map, e.g. ``store.token_maps()[i]``.
+        ax: draw here (default: a new figure).
+        alpha: opacity of the heat map.
+        vmax: value drawn as the hottest colour; default the map's own maximum.  Give the
+            same ``vmax`` to maps you compare (original vs erased) so that less attention
+            looks cooler.
+
+    Returns:
+        The matplotlib figure.
+    """
+    import matplotlib.pyplot as plt
+
+    img = _one_image(image)
+    up = _upsampled(heat, img.shape[:2])
+    if ax is None:
+        _, ax = plt.subplots(figsize=(2.2, 2.2))
+    ax.imshow(img, interpolation="nearest")
+    ax.imshow(up, cmap=cmap, alpha=alpha, vmin=0.0, vmax=vmax if vmax is not None else max(float(up.max()), 1e-12))
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=7, pad=2)
+    return ax.figure
+
+
+def word_positions(tokens: Sequence[str]) -> list[int]:
+    """Positions of a prompt's words: after the start token, before the first end token."""
+    end = next((i for i in range(1, len(tokens)) if tokens[i] == tokens[-1] or "endoftext" in tokens[i]), len(tokens))
+    return list(range(1, end)) or list(range(len(tokens)))
+
+
+def _token_index(tokens: Sequence[str], token: int | str) -> int:
+    if isinstance(token, int):
+        return token
+    if token not in tokens:
+        raise ValueError(
+            f"{token!r} is not one of this prompt's tokens: {list(tokens[: len(word_positions(tokens)) + 2])}"
+        )
+    return list(tokens).index(token)
+
+
+def _grid_axes(rows: int, cols: int, scale: float):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale + 0.6, rows * scale + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig, axes
+
+
+def attention_grid(
+    image,
+    store,
+    tokens: Sequence[str],
+    *,
+    token_ids: Sequence[int | str] | None = None,
+    layers=None,
+    step=None,
+    scale: float = 1.3,
+):
+    """Tokens (rows) x layers (columns) of heat maps over one picture; the first column averages all layers.
+
+    Args:
+        store: an :class:`rece_lite.attention.AttentionStore`.
+        tokens: the prompt's tokens (``store.tokens(prompt)``).
+        token_ids: rows, as positions or token strings (default: the prompt's words).
+        layers: columns, as in ``store.token_maps(layer=...)`` (default: every recorded layer).
+        step: one step, a list, or None for the average over steps.
+    """
+    from rece_lite.attention import _select, layer_label
+
+    ids = [_token_index(tokens, t) for t in (token_ids if token_ids is not None else word_positions(tokens))]
+    names = _select(store.layers, layers)
+    columns = [("all layers", store.token_maps(step=step))] + [
+        (f"{layer_label(n)} {'x'.join(map(str, store.resolution(n)))}", store.token_maps(layer=n, step=step))
+        for n in names
+    ]
+    fig, axes = _grid_axes(len(ids), len(columns), scale)
+    for r, i in enumerate(ids):
+        for c, (label, maps) in enumerate(columns):
+            overlay(image, maps[i], axes[r, c], title=label if r == 0 else None)
+        axes[r, 0].set_ylabel(tokens[i], fontsize=8, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def step_strip(
+    image,
+    store,
+    tokens: Sequence[str],
+    token: int | str,
+    *,
+    steps: Sequence[int] | None = None,
+    layer=None,
+    n: int = 8,
+    scale: float = 1.3,
+):
+    """One token's heat map at several denoising steps, left to right, then the average.
+
+    Args:
+        token: position or token string.
+        steps: which steps (default: ``n`` evenly spaced recorded steps).
+        layer: as in ``store.token_maps(layer=...)``.
+    """
+    i = _token_index(tokens, token)
+    recorded = store.steps
+    if steps is None:
+        steps = [
+            recorded[k] for k in np.unique(np.linspace(0, len(recorded) - 1, min(n, len(recorded))).round().astype(int))
+        ]
+    panels = [(f"step {s}", store.token_maps(layer=layer, step=s)[i]) for s in steps]
+    panels.append(("all steps", store.token_maps(layer=layer)[i]))
+    fig, axes = _grid_axes(1, len(panels), scale)
+    for ax, (label, heat) in zip(axes[0], panels, strict=True):
+        overlay(image, heat, ax, title=label)
+    axes[0, 0].set_ylabel(tokens[i], fontsize=8, rotation=0, ha="right", va="center")
+    fig.tight_layout()
+    return fig
+
+
+def compare_attention(runs, *, token_ids: Sequence[int | str] | None = None, layer=None, step=None, scale: float = 1.3):
+    """Runs (rows, e.g. original vs erased) x the picture and one heat map per token (columns).
+
+    Each token's column shares one colour scale across rows, so weaker attention after an
+    edit looks cooler.
+
+    Args:
+        runs: label -> run (``Recording`` or ``(image, store, tokens)``), same prompt.
+        token_ids: columns, as positions or token strings (default: the prompt's words).
+    """
+    labels = list(runs)
+    tokens = runs[labels[0]][2]
+    ids = [_token_index(tokens, t) for t in (token_ids if token_ids is not None else word_positions(tokens))]
+    maps = {k: runs[k][1].token_maps(layer=layer, step=step) for k in labels}
+    fig, axes = _grid_axes(len(labels), 1 + len(ids), scale)
+    for r, k in enumerate(labels):
+        axes[r, 0].imshow(_one_image(runs[k][0]), interpolation="nearest")
+        axes[r, 0].set_ylabel(k, fontsize=8, rotation=0, ha="right", va="center")
+        for c, i in enumerate(ids, start=1):
+            vmax = max(float(maps[j][i].max()) for j in labels)
+            overlay(runs[k][0], maps[k][i], axes[r, c], vmax=vmax, title=tokens[i] if r == 0 else None)
+    axes[0, 0].set_title("image", fontsize=7, pad=2)
+    fig.tight_layout()
+    return fig
+
+
+def explorer_figure(
+    runs, prompt: str | None = None, token: int | str | None = None, layer=None, step=None, *, scale: float = 2.0
+):
+    """The explorer's picture, static: one prompt's runs side by side for one token, layer and step.
+
+    Args:
+        runs: prompt -> {label -> run} (``Recording`` or ``(image, store, tokens)``),
+            e.g. ``{"a red circle": {"original": rec0, "erased": rec1}}``.
+        prompt: default the first; token: default the prompt's first word.
+        layer, step: as in ``store.token_maps``.
+    """
+    prompt = prompt if prompt is not None else next(iter(runs))
+    by_label = runs[prompt]
+    tokens = next(iter(by_label.values()))[2]
+    i = _token_index(tokens, token if token is not None else word_positions(tokens)[0])
+    heats = {k: run[1].token_maps(layer=layer, step=step)[i] for k, run in by_label.items()}
+    vmax = max(float(h.max()) for h in heats.values())
+    fig, axes = _grid_axes(1, 2 * len(heats), scale)
+    for c, (k, heat) in enumerate(heats.items()):
+        axes[0, 2 * c].imshow(_one_image(by_label[k][0]), interpolation="nearest")
+        axes[0, 2 * c].set_title(k, fontsize=8, pad=2)
+        overlay(
+            by_label[k][0], heat, axes[0, 2 * c + 1], vmax=vmax, title=f"{tokens[i]!r}: mean {float(heat.mean()):.3f}"
+        )
+    where = f"layer {layer}" if layer is not None else "all layers"
+    when = f"step {step}" if step is not None else "all steps"
+    fig.suptitle(f"{prompt!r} — {where}, {when}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+class _Explorer:
+    """Widgets where a frontend renders them; the first view as a PNG where it does not."""
+
+    def __init__(self, widget, first_figure):
+        self.widget = widget
+        self._first = first_figure
+
+    def _repr_mimebundle_(self, **kwargs):
+        import base64
+        import io
+
+        import matplotlib.pyplot as plt
+
+        bundle = dict(self.widget._repr_mimebundle_(**kwargs))
+        fig = self._first()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=80)
+        plt.close(fig)
+        bundle["image/png"] = base64.b64encode(buf.getvalue()).decode("ascii")
+        return bundle
+
+
+def attention_explorer(runs, *, scale: float = 2.0):
+    """An interactive view of precomputed attention: prompt, token, layer and step pickers.
+
+    The runs are computed beforehand (``rece_lite.attention.generate_with_attention``), so
+    moving a control only averages stored maps.  Where widgets are not rendered (a static
+    notebook view, or ipywidgets missing) the first view shows as a plain picture.
+
+    Args:
+        runs: prompt -> {label -> run}, e.g. ``{p: {"original": rec0, "erased": rec1}}``;
+            each run a ``Recording`` or ``(image, store, tokens)``.
+
+    Returns:
+        A displayable explorer (or a matplotlib figure without ipywidgets).
+    """
+    first = lambda: explorer_figure(runs, scale=scale)
+    try:
+        import ipywidgets as w
+    except ImportError:
+        return first()
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from rece_lite.attention import layer_label
+
+    prompts = list(runs)
+    store = next(iter(runs[prompts[0]].values()))[1]
+    groups = [
+        (g, p)
+        for g, p in (("down", "down_blocks"), ("mid", "mid_block"), ("up", "up_blocks"))
+        if any(n.startswith(p) for n in store.layers)
+    ]
+    layer_options = [("all layers", None), *groups, *[(layer_label(n), n) for n in store.layers]]
+
+    def token_options(prompt):
+        tokens = next(iter(runs[prompt].values()))[2]
+        end = word_positions(tokens)[-1] + 1
+        return [(f"{i}: {tokens[i]}", i) for i in range(min(end + 1, len(tokens)))]
+
+    prompt_w = w.Dropdown(options=prompts, description="prompt")
+    token_w = w.Dropdown(
+        options=token_options(prompts[0]),
+        value=word_positions(next(iter(runs[prompts[0]].values()))[2])[0],
+        description="token",
+    )
+    layer_w = w.Dropdown(options=layer_options, description="layer")
+    step_w = w.SelectionSlider(options=["all", *store.steps], value="all", description="step")
+    out = w.Output()
+
+    def draw(*_):
+        with out:
+            out.clear_output(wait=True)
+            step = None if step_w.value == "all" else step_w.value
+            fig = explorer_figure(runs, prompt_w.value, token_w.value, layer_w.value, step, scale=scale)
+            display(fig)
+            plt.close(fig)
+
+    def new_prompt(change):
+        token_w.options = token_options(change["new"])
+        token_w.value = word_positions(next(iter(runs[change["new"]].values()))[2])[0]
+
+    prompt_w.observe(new_prompt, names="value")
+    for c in (prompt_w, token_w, layer_w, step_w):
+        c.observe(draw, names="value")
+    draw()
+    ui = w.VBox([w.HBox([prompt_w, token_w]), w.HBox([layer_w, step_w]), out])
+    return _Explorer(ui, first)

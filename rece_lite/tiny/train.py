@@ -50,22 +50,24 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- vae
-def train_vae(images: np.ndarray, steps: int, batch: int, seed: int, work: Path) -> torch.nn.Module:
+def train_vae(images: np.ndarray, steps: int, batch: int, seed: int, work: Path, device: str = "cpu") -> torch.nn.Module:
     path = work / "vae.safetensors"
     vae = tm.build_vae()
     if path.exists():
         vae.load_state_dict(load_file(str(path)))
         return vae
     torch.manual_seed(seed)
+    vae.to(device)
     x_all = _to_tensor(images)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
     bar = tqdm(range(steps), desc="vae")
     for k in bar:
         idx = torch.randint(0, len(x_all), (batch,), generator=_gen(seed, k))
-        x = x_all[idx]
+        x = x_all[idx].to(device)
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=_gen(seed + 1, k))).sample
+        eps = torch.randn(post.mean.shape, generator=_gen(seed + 1, k)).to(device)
+        rec = vae.decode(post.mean + post.std * eps).sample
         loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -74,6 +76,7 @@ def train_vae(images: np.ndarray, steps: int, batch: int, seed: int, work: Path)
         if k % 50 == 0:
             psnr = 10 * math.log10(4.0 / F.mse_loss(rec, x).item())
             bar.set_postfix(psnr=f"{psnr:.1f}dB")
+    vae.cpu()
     _atomic_save(vae.state_dict(), path)
     return vae
 
@@ -148,6 +151,7 @@ def train_diffusion(
     work: Path,
     checkpoint_every: int,
     on_checkpoint,
+    device: str = "cpu",
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     tokenizer = tm.build_tokenizer()
     torch.manual_seed(seed)
@@ -155,6 +159,8 @@ def train_diffusion(
     ema_unet, ema_te = tm.build_unet(), tm.build_text_encoder(len(tokenizer))
     ema_unet.load_state_dict(unet.state_dict())
     ema_te.load_state_dict(te.state_dict())
+    for mod in (unet, te, ema_unet, ema_te):
+        mod.to(device)  # before the optimiser exists, so its state lives on the same device
     params = list(unet.parameters()) + list(te.parameters())
     ema_params = list(ema_unet.parameters()) + list(ema_te.parameters())
     opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
@@ -184,7 +190,7 @@ def train_diffusion(
             sched.step()
         print(f"resuming diffusion training at step {start}/{steps}")
 
-    def save_state(k: int) -> None:
+    def save_state(k: int) -> None:  # safetensors, not pickles: the optimiser's tensors, flattened
         st = {"step": torch.tensor(k)}
         for prefix, mod in (("unet.", unet), ("te.", te), ("ema_unet.", ema_unet), ("ema_te.", ema_te)):
             st.update({prefix + n: v for n, v in mod.state_dict().items()})
@@ -207,6 +213,7 @@ def train_diffusion(
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=g)
         a = acp[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
+        zt, t, ids, noise = zt.to(device), t.to(device), ids.to(device), noise.to(device)
         emb = te(ids).last_hidden_state
         loss = F.mse_loss(unet(zt, t, emb).sample, noise)
         opt.zero_grad(set_to_none=True)
@@ -223,7 +230,7 @@ def train_diffusion(
         if (k + 1) % checkpoint_every == 0 or k + 1 == steps:
             save_state(k + 1)
             on_checkpoint(ema_unet, ema_te, k + 1, time.time() - t0)
-    return ema_unet, ema_te
+    return ema_unet.cpu(), ema_te.cpu()
 
 
 def export_pipeline(vae, unet, te, scaling_factor: float, out: Path, info: dict) -> None:
@@ -273,12 +280,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--checkpoint-every", type=int, default=500)
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
     a.work.mkdir(parents=True, exist_ok=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     images, _, shapes, colours = world.generate(a.images, seed=a.seed)
-    vae = train_vae(images, a.vae_steps, a.batch, a.seed, a.work)
+    vae = train_vae(images, a.vae_steps, a.batch, a.seed, a.work, device)
     train_classifier(a.classifier_steps, a.batch, a.seed, a.out.parent / "shape_classifier.safetensors")
     latents = encode_latents(vae, images)
     scaling = float(1.0 / latents.std())
@@ -311,6 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         work=a.work,
         checkpoint_every=a.checkpoint_every,
         on_checkpoint=on_checkpoint,
+        device=device,
     )
     print(f"done in {(time.time() - t_start) / 60:.1f} min")
 

@@ -1,0 +1,152 @@
+"""The closed forms against independent oracles, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rece_lite import closed_form as cf
+
+D = 6
+
+
+def _toy(seed: int, out: int = 5, n: int = 3, m: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    return r(out, D), r(n, D), r(n, D), r(m, D)
+
+
+def uce_objective(Wn, W, ce, targets, cp, lamb, se, sp):
+    return (
+        lamb * ((Wn - W) ** 2).sum()
+        + se * ((ce @ Wn.T - targets) ** 2).sum()
+        + sp * ((cp @ Wn.T - cp @ W.T) ** 2).sum()
+    )
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("lamb,se,sp", [(0.1, 1.0, 0.1), (0.5, 2.0, 1.0), (1e-3, 1.0, 0.0)])
+def test_uce_matches_brute_force_least_squares(seed, lamb, se, sp):
+    W, ce, cg, cp = _toy(seed)
+    targets = cg @ W.T
+    got = cf.uce_weights(W, ce, targets, cp, lamb=lamb, erase_scale=se, preserve_scale=sp)
+    # Each row w' of W' solves a stacked least-squares problem: rows sqrt(weight)*c, rhs sqrt(weight)*target.
+    A = torch.cat([lamb**0.5 * torch.eye(D, dtype=torch.float64), se**0.5 * ce, sp**0.5 * cp])
+    B = torch.cat([lamb**0.5 * W.T, se**0.5 * targets, sp**0.5 * (cp @ W.T)])
+    brute = torch.linalg.lstsq(A, B, driver="gelsd").solution.T
+    torch.testing.assert_close(got, brute, rtol=1e-8, atol=1e-9)
+
+
+def test_uce_gradient_is_zero_at_solution_and_matches_gradient_descent():
+    W, ce, cg, cp = _toy(3)
+    targets = cg @ W.T
+    args = (W, ce, targets, cp, 0.1, 1.0, 0.1)
+    sol = cf.uce_weights(W, ce, targets, cp, lamb=0.1, erase_scale=1.0, preserve_scale=0.1)
+    x = sol.clone().requires_grad_(True)
+    uce_objective(x, *args).backward()
+    assert x.grad.abs().max() < 1e-9
+    # Independent oracle: plain gradient descent from W.
+    y = W.clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([y], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16)
+
+    def closure():
+        opt.zero_grad()
+        loss = uce_objective(y, *args)
+        loss.backward()
+        return loss
+
+    for _ in range(5):
+        opt.step(closure)
+    torch.testing.assert_close(y.detach(), sol, rtol=1e-6, atol=1e-6)
+    # And the solution is strictly better than a perturbed one.
+    assert uce_objective(sol, *args) < uce_objective(sol + 1e-3, *args)
+
+
+def test_one_shared_map_for_every_matrix():
+    _, ce, cg, cp = _toy(4)
+    M = cf.uce_map(ce, cg, cp, lamb=0.1, erase_scale=1.0, preserve_scale=0.1)
+    for out in (3, 5, 11):
+        W = torch.randn(out, D, dtype=torch.float64)
+        direct = cf.uce_weights(W, ce, cg @ W.T, cp, lamb=0.1, erase_scale=1.0, preserve_scale=0.1)
+        torch.testing.assert_close(direct, W @ M, rtol=1e-9, atol=1e-10)
+    assert torch.linalg.matrix_rank(M) == D  # invertible: some embedding always undoes it
+
+
+def test_solves_in_float64_whatever_the_dtype():
+    W, ce, cg, cp = _toy(5)
+    got32 = cf.uce_weights(W.float(), ce.float(), (cg @ W.T).float(), cp.float())
+    ref = cf.uce_weights(W, ce, cg @ W.T, cp)
+    assert got32.dtype == torch.float32
+    torch.testing.assert_close(got32.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def _layers(seed: int, outs=(4, 7, 9)):
+    g = torch.Generator().manual_seed(seed)
+    orig = [torch.randn(o, D, generator=g, dtype=torch.float64) for o in outs]
+    P = torch.eye(D, dtype=torch.float64) + 0.3 * torch.randn(D, D, generator=g, dtype=torch.float64)
+    return orig, [w @ P for w in orig], P
+
+
+def _stacked_lstsq(cur, orig, c, reg_rows=None, reg_rhs=None):
+    A = torch.cat(cur + ([reg_rows] if reg_rows is not None else []))
+    b = torch.cat([w @ c for w in orig] + ([reg_rhs] if reg_rhs is not None else []))
+    return torch.linalg.lstsq(A, b[:, None], driver="gelsd").solution[:, 0]
+
+
+@pytest.mark.parametrize("reg", ["zero", "standard", "surrogate"])
+def test_each_regulariser_solves_its_own_objective(reg):
+    orig, cur, _ = _layers(0)
+    c = torch.randn(D, dtype=torch.float64)
+    old = torch.randn(D, dtype=torch.float64)
+    lam = 0.3
+    H, K = cf.gram(cur), cf.gram(cur, orig)
+    got = cf.derive_embedding(H, K, c[None], reg=reg, reg_scale=lam, old_target=old[None])[0]
+    s = lam**0.5
+    if reg == "zero":
+        brute = _stacked_lstsq(cur, orig, c, s * torch.eye(D, dtype=torch.float64), torch.zeros(D, dtype=torch.float64))
+    elif reg == "standard":
+        brute = _stacked_lstsq(cur, orig, c, s * torch.eye(D, dtype=torch.float64), s * old)
+    else:  # λ' Σ‖W_l c' − W_l c‖²: stack the current matrices again, with the concept as target
+        A = torch.cat(cur + [s * w for w in cur])
+        b = torch.cat([w @ c for w in orig] + [s * (w @ c) for w in cur])
+        brute = torch.linalg.lstsq(A, b[:, None], driver="gelsd").solution[:, 0]
+    torch.testing.assert_close(got, brute, rtol=1e-8, atol=1e-9)
+
+
+def test_factored_derivation_equals_direct_sum_over_layers():
+    orig, cur, P = _layers(1)
+    G = cf.gram(orig)
+    c = torch.randn(3, D, dtype=torch.float64)
+    direct = cf.derive_embedding(cf.gram(cur), cf.gram(cur, orig), c, reg_scale=0.1)
+    factored = cf.derive_embedding(P.T @ G @ P, P.T @ G, c, reg_scale=0.1)
+    torch.testing.assert_close(direct, factored, rtol=1e-9, atol=1e-10)
+
+
+def test_residual_from_grams_matches_explicit_sum_and_drops():
+    orig, cur, _ = _layers(2)
+    c = torch.randn(2, D, dtype=torch.float64)
+    H, K, G = cf.gram(cur), cf.gram(cur, orig), cf.gram(orig)
+    c_new = cf.derive_embedding(H, K, c, reg_scale=1e-3)
+    explicit = sum(((c_new @ w.T - c @ v.T) ** 2).sum(1) for w, v in zip(cur, orig))
+    torch.testing.assert_close(cf.residual(H, K, G, c_new, c), explicit, rtol=1e-8, atol=1e-9)
+    assert (cf.residual(H, K, G, c_new, c) < cf.residual(H, K, G, c, c)).all()
+
+
+def test_bad_input_is_refused_with_a_reason():
+    W, ce, cg, cp = _toy(6)
+    with pytest.raises(ValueError, match="lamb"):
+        cf.uce_map(ce, cg, cp, lamb=0.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        cf.uce_map(ce, cg, cp, erase_scale=-1.0)
+    with pytest.raises(ValueError, match="align"):
+        cf.uce_map(ce, cg[:2], cp)
+    with pytest.raises(ValueError, match="width"):
+        cf.uce_map(ce, cg, torch.randn(2, D + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="old_target"):
+        cf.derive_embedding(cf.gram([W]), cf.gram([W]), ce, reg="standard")
+    with pytest.raises(ValueError, match="reg must be"):
+        cf.derive_embedding(cf.gram([W]), cf.gram([W]), ce, reg="ridge")
+    bad = ce.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(cf.SolveError, match="NaN"):
+        cf.uce_map(bad, cg, cp)
