@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/rece-lite demo
+	$(BIN)/rece-lite demo --force
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests

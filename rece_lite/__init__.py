@@ -9,12 +9,24 @@
     res = rl.rece_erase(pipe, "red", epochs=3)
 """
 
+from rece_lite.attention import (
+    AttentionStore,
+    Recording,
+    attention_mass_on,
+    generate_with_attention,
+    record_attention,
+)
 from rece_lite.erase import Patch, ReceResult, derive_embedding, rece_erase, snapshot, uce_erase
 from rece_lite.pipeline import encode, load_pipeline
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionStore",
+    "Recording",
+    "attention_mass_on",
+    "generate_with_attention",
+    "record_attention",
     "Patch",
     "ReceResult",
     "derive_embedding",

@@ -29,6 +29,8 @@ Memory, SD 1.4 at 512 px, 50 steps, 77 tokens, defaults (``heads="mean"``,
 32² (5), 16² (5) and 8² (1); pooled to ≤ 32² that is 11,584 pixels x 77 tokens x 50 steps
 x 2 bytes = **89,196,800 bytes (≈ 89 MB)**, see :func:`store_size`.  Without pooling in
 float32 it would be 415 MB, and ``heads="all"`` multiplies either by 8 (SD 1.4's heads).
+A step is one UNet call of the pipeline's loop: SD 1.4's PNDM scheduler makes 51 of them
+for 50 steps (91.0 MB).
 """
 
 from __future__ import annotations
@@ -185,7 +187,6 @@ class AttentionStore:
         self.tokenizer = tokenizer
         self.maps: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.layers}
         self.counts: dict[str, dict[int, int]] = {n: {} for n in self.layers}
-        self.native: dict[str, tuple[int, int]] = {}
         self.num_steps = 0
 
     # -- writing
@@ -205,7 +206,6 @@ class AttentionStore:
         size = _pooled_size(h, w, self.max_resolution)
         if size != (h, w):  # area pooling keeps every pixel a distribution over tokens
             m = F.adaptive_avg_pool2d(m.flatten(0, 2), size).unflatten(0, m.shape[:3])
-        self.native[layer] = (h, w)
         old = self.maps[layer].get(step)
         if old is None:
             self.maps[layer][step] = m.to(self.device, self.dtype)
@@ -333,7 +333,8 @@ class _Now:
     cfg: bool = False
     latent_hw: tuple[int, int] | None = None
     recording: bool = True
-    calls: int = 0
+    calls: int = 0  # UNet calls since `timesteps` was set
+    timesteps: object = None  # the scheduler's timesteps tensor of the current pipeline call
 
 
 def cross_attention_probs(
@@ -375,6 +376,9 @@ class RecordingProcessor:
 
     The layer's output comes from ``inner`` (the processor it replaced), untouched; the
     probabilities of the recorded images are recomputed separately for the store.
+    (``Attention.forward`` passes on only the keyword arguments this ``__call__`` names, so
+    ``cross_attention_kwargs`` other than ``temb`` do not reach ``inner`` while recording;
+    Stable Diffusion pipelines pass none by default.)
     """
 
     def __init__(self, inner, store: AttentionStore, name: str, now: _Now):
@@ -395,19 +399,12 @@ class RecordingProcessor:
         b = hidden_states.shape[0]
         first = b // 2 if self.now.cfg and b % 2 == 0 else 0  # [uncond, cond]: keep cond
         rows = slice(first, min(b, first + self.store.images))
-        probs = cross_attention_probs(attn, hidden_states, encoder_hidden_states, attention_mask, temb)[rows]
+        pick = lambda x: x[rows] if isinstance(x, torch.Tensor) and x.ndim > 1 and x.shape[0] == b else x
+        probs = cross_attention_probs(
+            attn, hidden_states[rows], encoder_hidden_states[rows], pick(attention_mask), pick(temb)
+        )
         grid = hidden_states.shape[-2:] if hidden_states.ndim == 4 else _grid(probs.shape[2], self.now.latent_hw)
         self.store.add(self.name, self.now.step, probs, tuple(grid))
-
-
-def _step_index(ts, timestep, calls: int) -> int:
-    """Position of ``timestep`` in the scheduler's ``timesteps`` (the pipeline's loop index), else ``calls``."""
-    if isinstance(ts, torch.Tensor) and ts.numel():
-        t = torch.as_tensor(timestep).flatten()[:1].to(ts.device, ts.dtype)
-        hits = (ts == t).nonzero().flatten()
-        if hits.numel():
-            return int(hits[0])
-    return calls
 
 
 @contextmanager
@@ -432,7 +429,8 @@ def record_attention(
         pipe: a Stable Diffusion pipeline (anything with ``.unet``; ``.scheduler`` and
             ``.tokenizer`` are used when present).
         layers: which ``attn2`` layers (index, name, prefix, or list); None = all.
-        steps: which step indices to record (negative count from the end); None = all.
+        steps: which step indices to record; None = all.  A step index is the pipeline's
+            loop index ``i``; negative ones count back from ``len(pipe.scheduler.timesteps)``.
         heads: ``"mean"`` (average the heads while recording) or ``"all"``.
         max_resolution: area-pool larger maps to at most this many pixels a side; None keeps
             full resolution.
@@ -458,16 +456,20 @@ def record_attention(
     now = _Now()
 
     def before_unet(module, args, kwargs):
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        # The pipeline's step index is the number of UNet calls since it set the scheduler's
+        # timesteps (a new tensor each call): one call per `for i, t in enumerate(timesteps)`.
+        # Looking t up in `timesteps` would not do: PNDM repeats one timestep, Heun all.
         timesteps = getattr(getattr(pipe, "scheduler", None), "timesteps", None)
-        now.step = _step_index(timesteps, timestep, now.calls)
-        total = len(timesteps) if timesteps is not None else 0
+        if timesteps is not now.timesteps:
+            now.timesteps, now.calls = timesteps, 0
+        now.step = now.calls
         now.calls += 1
+        total = len(timesteps) if timesteps is not None else now.calls
+        store.num_steps = max(store.num_steps, now.calls)
+        now.recording = wanted is None or now.step in wanted or now.step - total in wanted
         now.cfg = bool(getattr(pipe, "do_classifier_free_guidance", False))
+        sample = args[0] if args else kwargs["sample"]
         now.latent_hw = tuple(sample.shape[-2:])
-        store.num_steps = max(store.num_steps, total, now.step + 1)
-        now.recording = wanted is None or now.step in wanted or now.step - store.num_steps in wanted
 
     previous = {n: modules[n].processor for n in names}
     handle = unet.register_forward_pre_hook(before_unet, with_kwargs=True)

@@ -243,3 +243,20 @@ def other_accuracy(pipe, concept: str, *, seeds=range(8), **sample_kw) -> dict[s
     k = len(list(seeds))
     imgs = sample(pipe, prompts, seeds=list(seeds), **sample_kw)
     return accuracy(classify(imgs), [s for s in shapes for _ in range(k)], [c for c in colours for _ in range(k)])
+
+
+def erasure_row(pipe, concept: str, seeds, *, derived=None, reference: dict | None = None, steps: int = 20) -> dict:
+    """The numbers of one model state: shares showing ``concept`` for named prompts, synonym prompts
+    and (optionally) a derived embedding; joint accuracy on other prompts; and preservation
+    relative to ``reference`` (a row of the original model)."""
+    kw = dict(seeds=list(seeds), steps=steps)
+    row = {
+        "named": concept_share(pipe, concept, **kw),
+        "synonyms": concept_share(pipe, concept, prompts=concept_prompts(concept, synonyms=True), **kw),
+        "others": other_accuracy(pipe, concept, **kw)["both"],
+    }
+    if derived is not None:
+        row["derived"] = concept_share(pipe, concept, embeds=derived, **kw)
+    if reference is not None:
+        row["preservation"] = row["others"] / max(reference["others"], 1e-9)
+    return row

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-TINY_PATH = Path(__file__).resolve().parents[1] / "data" / "tiny"
+# RECE_LITE_TINY points "tiny" at another checkpoint (e.g. one still training, runs/tiny/pipeline).
+TINY_PATH = Path(os.environ.get("RECE_LITE_TINY", Path(__file__).resolve().parents[1] / "data" / "tiny"))
 
 
 def default_device() -> str:

@@ -65,6 +65,14 @@ def test_records_the_conditional_branch(pipe):
         maps[name] = torch.stack([store.raw(n, 0) for n in store.layers if store.resolution(n) == (8, 8)])
     torch.testing.assert_close(maps["cfg"], maps["cond"], atol=1e-5, rtol=1e-4)
     assert (maps["cfg"] - maps["uncond"]).abs().max() > 1e-3
+    # two pictures: the batch is [uncond 0, uncond 1, cond 0, cond 1]; the first picture's
+    # latents are the one-picture run's (same seed), so its maps are too
+    with record_attention(pipe, steps=[0], images=2, dtype=torch.float32) as store:
+        run(pipe, steps=1, num_images_per_prompt=2)
+    two = torch.stack([store.raw(n, 0) for n in store.layers if store.resolution(n) == (8, 8)])
+    assert two.shape[1] == 2
+    torch.testing.assert_close(two[:, :1], maps["cfg"], atol=1e-5, rtol=1e-4)
+    assert (store.token_maps(image=1) - store.token_maps(image=0)).abs().max() > 1e-4
 
 
 def test_recording_leaves_images_bit_identical(pipe):
@@ -160,58 +168,39 @@ def test_attention_mass_on():
 # ------------------------------------------------------------------ SD 1.4 shapes
 @pytest.fixture(scope="module")
 def sd14_pipe():
-    """SD 1.4's UNet and text-encoder widths with random weights, the miniature VAE (f = 4)."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    """SD 1.4's UNet and text-encoder shapes (one text layer), random weights, f = 8 VAE, PNDM."""
+    from rece_lite.sd14 import random_sd14_pipeline
 
-    from rece_lite.tiny import model as tm
-
-    torch.manual_seed(0)
-    tok = tm.build_tokenizer()
-    tok.model_max_length = 77
-    text = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=768,
-            intermediate_size=3072,
-            num_hidden_layers=1,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-        )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-    )
-    pipe = StableDiffusionPipeline(
-        vae=tm.build_vae(),
-        text_encoder=text,
-        tokenizer=tok,
-        unet=unet,
-        scheduler=tm.sample_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return random_sd14_pipeline(text_layers=1)
 
 
 def test_sd14_architecture(sd14_pipe):
-    with record_attention(sd14_pipe) as store:
-        run(sd14_pipe, steps=2, height=32, width=32)  # f = 4 VAE: 8 x 8 latents
+    pipe = sd14_pipe
+    with record_attention(pipe) as store:
+        run(pipe, steps=2, height=64, width=64)  # 8 x 8 latents
+    # PNDM (SD 1.4's scheduler) repeats a timestep: 2 steps are 3 UNet calls, each its own step
+    assert len(pipe.scheduler.timesteps) == 3 and pipe.scheduler.timesteps[1] == pipe.scheduler.timesteps[2]
+    assert store.steps == [0, 1, 2] and store.num_steps == 3
     assert len(store.layers) == 16
     sides = [store.resolution(n) for n in store.layers]
     assert sides == [(s // 8, s // 8) for s in SD14_RESOLUTIONS]  # 512 px: 64 x 64 latents
     assert store.raw(0, 0).shape == (1, 1, 77, 8, 8)  # 8 heads averaged, 77 tokens
     assert store.token_maps().shape == (77, 8, 8)
-    assert store.nbytes == store_size(sides, tokens=77, steps=2) <= store_size(SD14_RESOLUTIONS, tokens=77, steps=2)
+    assert store.nbytes == store_size(sides, tokens=77, steps=3) <= store_size(SD14_RESOLUTIONS, tokens=77, steps=3)
+
+
+def test_two_calls_in_one_block_are_averaged(pipe):
+    with record_attention(pipe, dtype=torch.float32) as both:
+        run(pipe, seed=0)
+        run(pipe, seed=1)
+    singles = []
+    for seed in (0, 1):
+        with record_attention(pipe, dtype=torch.float32) as one:
+            run(pipe, seed=seed)
+        singles.append(one)
+    assert both.steps == [0, 1] and all(c == 2 for per in both.counts.values() for c in per.values())
+    expected = (singles[0].token_maps(layer=0, step=1) + singles[1].token_maps(layer=0, step=1)) / 2
+    torch.testing.assert_close(both.token_maps(layer=0, step=1), expected, atol=1e-6, rtol=0)
 
 
 # ----------------------------------------------------------------------- pictures

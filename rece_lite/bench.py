@@ -1,0 +1,330 @@
+"""The paper's comparison on the miniature model: ``rece-lite bench --model tiny --concept red``.
+
+One row per model — the original, an ESD-x-style fine-tune (:mod:`rece_lite.esd`), UCE and
+RECE (settings: :func:`rece_lite.recipes.tiny_recipe`) — and one column per question RECE
+(Gong et al., ECCV 2024, arXiv 2407.12383, Tables 1-3) asks:
+
+* *erasure*: share of pictures from prompts naming the concept that still show it (↓);
+* *attack success*: the same share for each attack of :mod:`rece_lite.attacks` (↓);
+* *preservation*: joint shape-and-colour accuracy on prompts of the other concepts, as a
+  share of the original model's (↑);
+* *KID*: a kernel distance (polynomial-kernel MMD², unbiased, as KID) between the
+  evaluator CNN's features of the model's pictures of those unrelated prompts and the
+  original model's pictures of them drawn with other seeds (↓; the original's own row is
+  the noise floor);
+* *edit time*: wall time of the erasure itself, median of repeated runs for UCE and RECE,
+  one run for ESD (which includes drawing its training pictures: ESD samples from the
+  model as part of its training).
+
+Outputs ``bench.json``, ``bench.md`` and ``bench.png``, written atomically (a temporary
+directory renamed into place).  Measurements use the miniature world's classifiers, so the
+model must draw that world: ``tiny`` or a checkpoint of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rece_lite import attacks as atk
+from rece_lite import evaluate as ev
+from rece_lite.erase import rece_erase, snapshot, uce_erase
+from rece_lite.pipeline import sample
+
+MODELS: tuple[str, ...] = ("original", "ESD-x", "UCE", "RECE")
+COLUMNS: dict[str, str] = {
+    "erasure": "erasure ↓",
+    "paraphrase": "paraphrase ↓",
+    "soft_prompt": "soft prompt ↓",
+    "concept_vector": "concept vector ↓",
+    "preservation": "preservation ↑",
+    "kid": "KID×10³ ↓",
+    "seconds": "edit time (s)",
+}
+
+
+# -------------------------------------------------------------------------- metrics
+def kernel_distance(x: torch.Tensor, y: torch.Tensor, degree: int = 3) -> float:
+    """Unbiased MMD² with the polynomial kernel ``k(a, b) = (aᵀb / d + 1)^degree`` (KID's).
+
+    Args:
+        x: (m, d) features; y: (n, d) features; m, n >= 2.
+    """
+    x, y = x.double(), y.double()
+    m, n, d = len(x), len(y), x.shape[1]
+    if m < 2 or n < 2:
+        raise ValueError("the kernel distance needs at least two pictures on each side")
+    k = lambda a, b: (a @ b.T / d + 1) ** degree  # noqa: E731
+    kxx, kyy = k(x, x), k(y, y)
+    xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    yy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+    return float(xx + yy - 2 * k(x, y).mean())
+
+
+@torch.no_grad()
+def features(images: np.ndarray) -> torch.Tensor:
+    """(n, 64) features of the evaluator's shape CNN (:meth:`rece_lite.evaluate.ShapeNet.embed`)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return ev.shape_classifier().embed(x)
+
+
+def _median_time(fn, repeats: int, reset) -> tuple[float, list[float], object]:
+    times, out = [], None
+    for _ in range(max(1, repeats)):
+        reset()
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, out
+
+
+# ---------------------------------------------------------------------------- run
+def run(
+    pipe,
+    concept: str,
+    *,
+    seeds: Sequence[int] = range(8),
+    steps: int = 20,
+    repeats: int = 5,
+    esd_kw: dict | None = None,
+    soft_prompt_kw: dict | None = None,
+    concept_vector_kw: dict | None = None,
+    progress: bool = True,
+) -> dict:
+    """Erase ``concept`` four ways and measure each model; ``pipe`` ends with its original weights.
+
+    Args:
+        pipe: the miniature model (or a checkpoint of it), original weights.
+        concept: a colour or shape of the miniature world.
+        seeds: sampling seeds per prompt for every measurement.
+        steps: sampling steps.
+        repeats: timed runs of UCE and RECE (median reported); ESD runs once.
+        esd_kw, soft_prompt_kw, concept_vector_kw: extra settings for
+            :func:`rece_lite.esd.esd_erase` and the attacks.
+
+    Returns:
+        The report: ``rows`` (model -> numbers), ``settings`` and ``versions``.
+    """
+    from rece_lite import __version__
+    from rece_lite.esd import esd_erase
+    from rece_lite.recipes import tiny_recipe
+
+    t_start = time.perf_counter()
+    seeds = [int(s) for s in seeds]
+    recipe = tiny_recipe(concept)
+    _, name = ev.concept_of(concept)
+    snap = snapshot(pipe)
+    named = ev.concept_prompts(concept)
+    others, o_shapes, o_colours = ev.other_prompts(concept)
+    kw = dict(steps=steps)
+    say = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
+
+    say("original model: reference pictures ...")
+    ref = features(sample(pipe, others, seeds=[500 + s for s in seeds], **kw))
+    sp_kw = dict(soft_prompt_kw or {})
+    if "target_images" not in sp_kw:
+        per = sp_kw.pop("targets_per_prompt", 4)
+        sp_kw["target_images"] = atk.original_images(pipe, None, named, [1000 + i for i in range(per)], **kw)
+
+    edits: dict[str, dict] = {"original": {"patch": snap, "seconds": None, "runs": []}}
+    say("ESD-x: fine-tuning ...")
+    esd = esd_erase(pipe, concept, progress=progress, **(esd_kw or {}))
+    edits["ESD-x"] = {"patch": esd.patch, "seconds": esd.seconds, "runs": [esd.seconds]}
+    say("UCE, RECE: closed forms ...")
+    reset = lambda: snap.apply(pipe)  # noqa: E731
+    med, runs, patch = _median_time(lambda: uce_erase(pipe, **recipe.uce_kwargs()), repeats, reset)
+    edits["UCE"] = {"patch": patch, "seconds": med, "runs": runs}
+    med, runs, res = _median_time(lambda: rece_erase(pipe, **recipe.rece_kwargs()), repeats, reset)
+    edits["RECE"] = {"patch": res.patch, "seconds": med, "runs": runs}
+
+    rows: dict[str, dict] = {}
+    try:
+        for model in MODELS:
+            say(f"{model}: measuring ...")
+            edits[model]["patch"].apply(pipe)
+            erased = sample(pipe, named, seeds=seeds, **kw)
+            found = atk.run_attacks(
+                pipe, concept, original=snap, seeds=seeds, soft_prompt_kw=sp_kw,
+                concept_vector_kw=concept_vector_kw, progress=progress,
+            )  # fmt: skip
+            imgs = sample(pipe, others, seeds=seeds, **kw)
+            k = len(seeds)
+            acc = ev.accuracy(ev.classify(imgs), [s for s in o_shapes for _ in range(k)],
+                              [c for c in o_colours for _ in range(k)])  # fmt: skip
+            rows[model] = {
+                "erasure": atk.judge_images(erased, name)[1],
+                "attacks": {a: r.success_rate for a, r in found.items()},
+                "others_accuracy": acc["both"],
+                "kid": kernel_distance(features(imgs), ref),
+                "seconds": edits[model]["seconds"],
+                "seconds_runs": edits[model]["runs"],
+            }
+    finally:
+        snap.apply(pipe)
+    base = rows["original"]["others_accuracy"]
+    for r in rows.values():
+        r["preservation"] = r["others_accuracy"] / base if base > 0 else float("nan")
+    import diffusers
+
+    return {
+        "concept": name,
+        "rows": rows,
+        "settings": {
+            "recipe": recipe.as_dict(),
+            "seeds": seeds,
+            "sampling": {"steps": steps, "guidance": 6.0},
+            "repeats": repeats,
+            "esd": dict(esd_kw or {}),
+            "soft_prompt": {k: v for k, v in sp_kw.items() if k != "target_images"},
+            "concept_vector": dict(concept_vector_kw or {}),
+            "named_prompts": named,
+            "other_prompts": others,
+        },
+        "versions": {"rece_lite": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
+        "threads": torch.get_num_threads(),
+        "wall_seconds": time.perf_counter() - t_start,
+    }
+
+
+# -------------------------------------------------------------------------- output
+def _cell(row: dict, col: str) -> str:
+    if col == "seconds":
+        s = row["seconds"]
+        return "—" if s is None else (f"{s:.3f}" if s < 10 else f"{s:.1f}")
+    if col == "kid":
+        return f"{row['kid'] * 1e3:.2f}"
+    v = row["attacks"].get(col) if col in atk.ATTACKS else row[col]
+    return "—" if v is None else f"{v:.0%}"
+
+
+def markdown(report: dict) -> str:
+    """The table as Markdown, with a line saying how it was measured."""
+    cols = [c for c in COLUMNS if c not in atk.ATTACKS or any(c in r["attacks"] for r in report["rows"].values())]
+    lines = [
+        "| model | " + " | ".join(COLUMNS[c] for c in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for model, row in report["rows"].items():
+        lines.append(f"| {model} | " + " | ".join(_cell(row, c) for c in cols) + " |")
+    s = report["settings"]
+    rows = report["rows"]
+    ratio = ""
+    if rows.get("ESD-x", {}).get("seconds") and rows.get("RECE", {}).get("seconds"):
+        ratio = f" ESD-x took {rows['ESD-x']['seconds'] / rows['RECE']['seconds']:,.0f}x RECE's time."
+    lines += [
+        "",
+        f"Concept erased: **{report['concept']}**. {len(s['seeds'])} seeds per prompt, {s['sampling']['steps']} "
+        f"sampling steps; rates are shares of pictures the evaluator labels {report['concept']!r}. Preservation: "
+        "joint accuracy on the other concepts' prompts relative to the original model. Edit time: median of "
+        f"{s['repeats']} runs (ESD-x: one run, its training pictures included).{ratio}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict):
+    """Bars per model: the rates (left) and the edit time, log scale (right)."""
+    from matplotlib.figure import Figure  # no pyplot: works headless and leaves a notebook's backend alone
+
+    rows = report["rows"]
+    models = list(rows)
+    metrics = ["erasure", *rows[models[0]]["attacks"], "preservation"]
+    fig = Figure(figsize=(10, 3.4))
+    ax, axt = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
+    w = 0.8 / len(models)
+    for i, m in enumerate(models):
+        vals = [rows[m]["attacks"][k] if k in rows[m]["attacks"] else rows[m][k] for k in metrics]
+        ax.bar(np.arange(len(metrics)) + (i - (len(models) - 1) / 2) * w, vals, w, label=m)
+    ax.set_xticks(range(len(metrics)), [COLUMNS[k] for k in metrics], fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("share of pictures")
+    ax.set_title(f"erasing {report['concept']!r}: lower is better, except preservation", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, ncols=len(models))
+    timed = [m for m in models if rows[m]["seconds"]]
+    axt.bar(timed, [rows[m]["seconds"] for m in timed], color=[f"C{models.index(m)}" for m in timed])
+    axt.set_yscale("log")
+    axt.set_ylabel("edit time (s)")
+    axt.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write(report: dict, out: str | os.PathLike) -> None:
+    """``bench.json``, ``bench.md`` and ``bench.png`` into the folder ``out`` (each file atomically)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def put(name: str, writer) -> None:
+        tmp = out / f".{name}.tmp"
+        writer(tmp)
+        os.replace(tmp, out / name)
+
+    put("bench.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
+    put("bench.md", lambda p: p.write_text(markdown(report)))
+    fig = plot(report)
+    put("bench.png", lambda p: fig.savefig(p, dpi=110, format="png"))
+
+
+# ---------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    """``rece-lite bench``: exit 0 on success, 2 with a one-line reason on bad input."""
+    from rece_lite.cli import UsageError, _commit_out, _prepare_out
+
+    p = argparse.ArgumentParser(prog="rece-lite bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="tiny", help="'tiny' or a folder with a checkpoint of the miniature model")
+    p.add_argument("--concept", default="red", help="a colour or shape of the miniature world")
+    p.add_argument("--out", default="rece-lite-bench", help="output folder (bench.json, bench.md, bench.png)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--seeds", type=int, default=8, help="seeds per prompt for every measurement")
+    p.add_argument("--steps", type=int, default=20, help="sampling steps")
+    p.add_argument("--repeats", type=int, default=5, help="timed runs of UCE and RECE (median)")
+    p.add_argument("--esd-steps", type=int, default=None, help="ESD fine-tuning steps (default: esd_erase's)")
+    p.add_argument("--attack-steps", type=int, default=None, help="soft-prompt steps (default: the attack's)")
+    args = p.parse_args(argv)
+    try:
+        try:
+            ev.concept_of(args.concept)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if args.seeds < 2:
+            raise UsageError("--seeds must be >= 2 (the kernel distance compares sets of pictures)")
+        out = Path(args.out)
+        tmp = _prepare_out(out, args.force)
+        try:
+            import rece_lite as rl
+
+            print(f"loading {args.model} ...", flush=True)
+            pipe = rl.load_pipeline(args.model)
+            report = run(
+                pipe, args.concept, seeds=range(args.seeds), steps=args.steps, repeats=args.repeats,
+                esd_kw={} if args.esd_steps is None else {"steps": args.esd_steps},
+                soft_prompt_kw={} if args.attack_steps is None else {"steps": args.attack_steps},
+            )  # fmt: skip
+            report["model"] = str(args.model)
+            report["command"] = "rece-lite bench " + " ".join(argv if argv is not None else sys.argv[1:])
+            write(report, tmp)
+            _commit_out(tmp, out)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except (UsageError, FileNotFoundError, NotImplementedError) as err:
+        print(f"rece-lite: error: {err}", file=sys.stderr)
+        return 2
+    print()
+    print(markdown(report))
+    print(f"written: {out}/bench.json, bench.md, bench.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""A fine-tuning baseline in the spirit of ESD-x, to measure RECE's efficiency claim side by side.
+
+ESD (Gandikota et al., *Erasing Concepts from Diffusion Models*, ICCV 2023, arXiv
+2303.07345) fine-tunes the UNet so that, conditioned on the concept ``c``, it predicts
+the *negatively guided* noise of the frozen original model:
+
+    ε_θ(x_t, c, t)  →  ε*(x_t, c, t) = ε_orig(x_t, "", t) - η (ε_orig(x_t, c, t) - ε_orig(x_t, "", t))
+
+ESD-x trains the cross-attention only.  Here that is the ``to_k`` and ``to_v`` of every
+``attn2`` — the very matrices UCE and RECE edit — for two reasons: only they read the
+text, so only they can make the change concept-specific (``to_q`` and ``to_out`` act on
+every picture); and the result is then a :class:`rece_lite.Patch` like every other edit
+here, saved, applied and undone the same way (the official ESD-x also trains ``to_q`` and
+``to_out``).
+
+Simplifications, for a laptop: ``x_t`` are noised latents of pictures the original model
+draws for the concept (ESD runs partial DDIM trajectories of the model being trained),
+and the frozen model's predictions for every training step are computed once, before
+training, with the original weights — no second copy of the UNet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rece_lite import layers
+from rece_lite.attacks import default_prompts, image_latents
+from rece_lite.erase import Patch, _metadata
+from rece_lite.pipeline import check_supported, encode, sample
+
+
+@dataclass(frozen=True)
+class EsdResult:
+    """What :func:`esd_erase` did.
+
+    Attributes:
+        patch: the fine-tuned ``to_k``/``to_v`` matrices (already in the pipeline).
+        seconds: wall time of the whole erasure: drawing the concept's pictures,
+            the frozen model's predictions and the fine-tuning.
+        losses: the training loss at every step.
+    """
+
+    patch: Patch
+    seconds: float
+    losses: tuple[float, ...]
+
+
+def esd_erase(
+    pipe,
+    concept: str,
+    *,
+    prompts: Sequence[str] | None = None,
+    eta: float = 1.0,
+    steps: int = 300,
+    lr: float = 1e-3,
+    batch: int = 8,
+    images_per_prompt: int = 8,
+    seed: int = 0,
+    sample_steps: int = 20,
+    guidance: float = 6.0,
+    progress: bool = True,
+) -> EsdResult:
+    """Erase ``concept`` by fine-tuning the cross-attention keys and values toward negative guidance.
+
+    Edits ``pipe`` in place, like :func:`rece_lite.uce_erase`.
+
+    Args:
+        pipe: a Stable Diffusion 1.x pipeline with float32 weights.
+        concept: e.g. ``"red"``.
+        prompts: prompts naming the concept (default: :func:`rece_lite.evaluate.concept_prompts`,
+            "a red circle", ...).  The original model draws ``images_per_prompt`` pictures
+            of each (seeds ``2000 + i``); every training sample is one of them, noised,
+            conditioned on its own prompt.
+        eta: η, the negative-guidance strength (ESD: 1).
+        steps: Adam steps; lr: Adam's step size; batch: samples per step.
+        seed: seeds the time steps and noise.
+        sample_steps, guidance: how the pictures are drawn.
+        progress: show progress bars.
+
+    Returns:
+        An :class:`EsdResult`.
+    """
+    check_supported(pipe)
+    t0 = time.perf_counter()
+    mods = layers.projections(pipe.unet)
+    params = [m.weight for m in mods.values()]
+    if any(p.dtype != torch.float32 for p in params):
+        raise TypeError("ESD fine-tunes in float32: load the pipeline with dtype=torch.float32 (on a GPU as well)")
+    prompts = default_prompts(concept, prompts)
+    unet = pipe.unet
+    dev = unet.device
+
+    # 1. the concept as the original model draws it
+    images = sample(pipe, prompts, seeds=[2000 + i for i in range(images_per_prompt)], steps=sample_steps,
+                    guidance=guidance)  # fmt: skip
+    z0 = image_latents(pipe, images).float().cpu()
+    which = torch.arange(len(prompts)).repeat_interleave(images_per_prompt)
+    cond = encode(pipe, prompts).detach().to(dev)
+    uncond = encode(pipe, [""]).detach().to(dev)
+
+    # 2. every step's noised latents and the frozen model's negatively guided targets
+    g = torch.Generator().manual_seed(seed)
+    n = steps * batch
+    acp = pipe.scheduler.alphas_cumprod.to(torch.float32)
+    idx = torch.randint(0, len(z0), (n,), generator=g)
+    t = torch.randint(0, len(acp), (n,), generator=g)
+    noise = torch.randn((n, *z0.shape[1:]), generator=g)
+    a = acp[t].view(-1, 1, 1, 1)
+    xt = (a.sqrt() * z0[idx] + (1 - a).sqrt() * noise).to(dev)
+    t, c_idx = t.to(dev), which[idx].to(dev)
+    target = torch.empty_like(xt)
+    chunk = 256
+    with torch.no_grad():
+        for i in tqdm(range(0, n, chunk), desc="ESD: frozen predictions", disable=not progress, leave=False):
+            sl = slice(i, i + chunk)
+            m = len(xt[sl])
+            e_c = unet(xt[sl], t[sl], cond[c_idx[sl]]).sample
+            e_u = unet(xt[sl], t[sl], uncond.expand(m, -1, -1)).sample
+            target[sl] = e_u - eta * (e_c - e_u)
+
+    # 3. fine-tune the keys and values only
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    losses: list[float] = []
+    try:
+        with torch.enable_grad():
+            for k in (bar := tqdm(range(steps), desc="ESD: fine-tuning", disable=not progress, leave=False)):
+                sl = slice(k * batch, (k + 1) * batch)
+                pred = unet(xt[sl], t[sl], cond[c_idx[sl]]).sample
+                loss = F.mse_loss(pred, target[sl])
+                grads = torch.autograd.grad(loss, params)  # nothing else gets a .grad
+                for p, gr in zip(params, grads, strict=True):
+                    p.grad = gr
+                opt.step()
+                losses.append(loss.item())
+                bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    finally:
+        for p, f in zip(params, flags, strict=True):
+            p.grad = None
+            p.requires_grad_(f)
+    trained = "attn2.to_k, attn2.to_v"
+    meta = _metadata("esd-x", eta=eta, steps=steps, lr=lr, batch=batch, prompts=list(prompts), trained=trained)
+    patch = Patch({name: m.weight.detach().clone() for name, m in mods.items()}, layers.fingerprint(unet), meta)
+    return EsdResult(patch, time.perf_counter() - t0, tuple(losses))
