@@ -71,9 +71,8 @@ def _grid(pipe, concept: str, path: Path, title: str, seeds: list[int]) -> None:
 def run_erase(args) -> dict:
     import torch
 
-    from rece_lite.evaluate import erasure_row
-
     import rece_lite as rl
+    from rece_lite.evaluate import erasure_row
     from rece_lite.recipes import sd_recipe, tiny_recipe
 
     _check_concept(args.model, args.concept)
@@ -118,7 +117,9 @@ def run_erase(args) -> dict:
             derived = rl.derive_embedding(pipe, args.concept, original=snap, reg=recipe.reg, reg_scale=recipe.reg_scale)
         if tiny:
             print(f"measuring the {args.method.upper()}-erased model ...", flush=True)
-            report["erased"] = erasure_row(pipe, args.concept, seeds, derived=derived, reference=report["original"], steps=args.steps)
+            report["erased"] = erasure_row(
+                pipe, args.concept, seeds, derived=derived, reference=report["original"], steps=args.steps
+            )
             report["erased"]["derived_is"] = "the embedding derived in closed form right after the UCE edit"
             _grid(pipe, args.concept, tmp / "after.png", f"after {args.method.upper()} ({args.concept} erased)", seeds)
         patch.save(tmp / "patch.safetensors")
@@ -172,7 +173,9 @@ def run_demo(args) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     print()
-    print(f"share of images showing {args.concept!r} ({len(seeds)} seeds per prompt; lower is better except 'preserved')")
+    print(
+        f"share of images showing {args.concept!r} ({len(seeds)} seeds per prompt; lower is better except 'preserved')"
+    )
     print(f"{'model':<10}{'named':>8}{'synonyms':>10}{'derived c′':>12}{'preserved':>11}{'edit s':>9}")
     for name, r in rows.items():
         d = f"{r['derived']:.0%}" if "derived" in r else "-"

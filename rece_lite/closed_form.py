@@ -130,7 +130,9 @@ def uce_map(
     d = erase.shape[-1]
     ce, cg, cp = _rows(erase, d), _rows(guide, d), _rows(preserve, d)
     if cg.shape != ce.shape:
-        raise ValueError(f"erase and guide embeddings must align row by row, got {tuple(ce.shape)} and {tuple(cg.shape)}")
+        raise ValueError(
+            f"erase and guide embeddings must align row by row, got {tuple(ce.shape)} and {tuple(cg.shape)}"
+        )
     eye = lamb * torch.eye(d, dtype=torch.float64)
     keep = preserve_scale * cp.T @ cp
     A = eye + erase_scale * ce.T @ ce + keep

@@ -73,7 +73,9 @@ class Patch:
             raise ValueError("this patch names other cross-attention matrices than the model has")
         for name, w in self.weights.items():
             if tuple(w.shape) != tuple(mods[name].weight.shape):
-                raise ValueError(f"{name}: patch shape {tuple(w.shape)} != model shape {tuple(mods[name].weight.shape)}")
+                raise ValueError(
+                    f"{name}: patch shape {tuple(w.shape)} != model shape {tuple(mods[name].weight.shape)}"
+                )
             if not torch.isfinite(w).all():
                 raise ValueError(f"{name}: the patch holds NaN or inf")
         _write(mods, self.weights)
@@ -94,7 +96,9 @@ class Patch:
             meta = f.metadata() or {}
         if "rece_lite.fingerprint" not in meta:
             raise ValueError(f"{path} is not a rece-lite patch (no fingerprint in its metadata)")
-        return cls(load_file(str(path)), meta["rece_lite.fingerprint"], json.loads(meta.get("rece_lite.metadata", "{}")))
+        return cls(
+            load_file(str(path)), meta["rece_lite.fingerprint"], json.loads(meta.get("rece_lite.metadata", "{}"))
+        )
 
 
 def _write(mods: dict[str, torch.nn.Linear], weights: dict[str, torch.Tensor]) -> None:
@@ -154,12 +158,12 @@ def _embeddings(pipe, items: list[Item], d: int, tokens: Tokens, what: str) -> l
             e = item.detach().cpu().double()
             e = e.reshape(-1, e.shape[-1]) if e.ndim >= 1 else e
         else:
-            raise TypeError(f"{what} items must be prompts (str) or (T, d) embedding tensors, got {type(item).__name__}")
-        if e.ndim != 2 or e.shape[-1] != d:
-            raise ValueError(
-                f"{what} embedding has shape {tuple(item.shape) if isinstance(item, torch.Tensor) else tuple(e.shape)}, "
-                f"but this model's cross-attention expects (T, {d})"
+            raise TypeError(
+                f"{what} items must be prompts (str) or (T, d) embedding tensors, got {type(item).__name__}"
             )
+        if e.ndim != 2 or e.shape[-1] != d:
+            shape = tuple(item.shape) if isinstance(item, torch.Tensor) else tuple(e.shape)
+            raise ValueError(f"{what} embedding has shape {shape}, but this model's cross-attention expects (T, {d})")
         if not torch.isfinite(e).all():
             raise ValueError(f"{what} embedding contains NaN or inf")
         out.append(e)
@@ -179,7 +183,9 @@ def _erase_guide_rows(
     cg = _embeddings(pipe, guide, d, tokens, "guide")
     for a, b in zip(ce, cg):
         if a.shape != b.shape:
-            raise ValueError(f"an erase item and its guide must have the same number of tokens: {tuple(a.shape)} vs {tuple(b.shape)}")
+            raise ValueError(
+                f"an erase item and its guide must have the same number of tokens: {tuple(a.shape)} vs {tuple(b.shape)}"
+            )
     return torch.cat(ce), torch.cat(cg)
 
 

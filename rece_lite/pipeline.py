@@ -7,7 +7,9 @@ Nothing here downloads unless the caller's environment allows it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -33,6 +35,47 @@ def check_supported(pipe) -> None:
             raise ValueError(f"{type(pipe).__name__} has no {part}: a Stable Diffusion 1.x pipeline is needed")
 
 
+@contextlib.contextmanager
+def _quiet():
+    """Loading without the libraries' progress bars, deprecation notes of their own internals, and
+    notes about optional image-processor backends (SD pipelines import them; rece-lite never uses them)."""
+    import diffusers
+    import transformers
+
+    level = transformers.logging.get_verbosity()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        transformers.logging.set_verbosity(level)
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
+        diffusers.utils.logging.enable_progress_bar()
+
+
+def _pipeline_class():
+    with _quiet():
+        from diffusers import StableDiffusionPipeline
+    return StableDiffusionPipeline
+
+
+def _dtype_kw() -> str:
+    """diffusers renamed ``torch_dtype`` to ``dtype`` (0.36); accept both generations."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
+
+
+_DTYPE_KW = _dtype_kw()
+
+
 def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None):
     """A ``StableDiffusionPipeline`` ready to sample and to edit.
 
@@ -43,8 +86,7 @@ def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = Non
         device: default ``cuda`` when available, else ``cpu``.
         dtype: default float16 on CUDA, float32 elsewhere.
     """
-    from diffusers import StableDiffusionPipeline
-
+    StableDiffusionPipeline = _pipeline_class()
     device = device or default_device()
     dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
     if str(model) == "tiny":
@@ -58,13 +100,19 @@ def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = Non
     local = Path(source).is_dir()
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            source, torch_dtype=dtype, local_files_only=local or offline
-        )
+        with _quiet():
+            pipe = StableDiffusionPipeline.from_pretrained(
+                source, local_files_only=local or offline, **{_DTYPE_KW: dtype}
+            )
     except (OSError, ValueError) as e:
-        where = "is not a folder in save_pretrained layout" if local else "is neither a local folder nor in the Hugging Face cache"
+        where = (
+            "is not a folder in save_pretrained layout"
+            if local
+            else "is neither a local folder nor in the Hugging Face cache"
+        )
         raise FileNotFoundError(
-            f"could not load {str(model)!r}: it {where}{' (HF_HUB_OFFLINE is set, so nothing is downloaded)' if offline else ''}. "
+            f"could not load {str(model)!r}: it {where}"
+            f"{' (HF_HUB_OFFLINE is set, so nothing is downloaded)' if offline else ''}. "
             "Use 'tiny' for the embedded model, or download the weights first where you have network access. "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e

@@ -38,7 +38,8 @@ def image_grid(
     n = len(arr)
     rows = rows or int(np.ceil(np.sqrt(n)))
     cols = int(np.ceil(n / rows))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale + (0.8 if row_labels else 0), rows * scale + 0.3), squeeze=False)
+    width = cols * scale + (0.8 if row_labels else 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, rows * scale + 0.3), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
         ax.set_yticks([])

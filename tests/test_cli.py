@@ -36,7 +36,10 @@ def test_erase_writes_a_loadable_patch_and_a_report(tmp_path):
     import rece_lite as rl
 
     out = tmp_path / "red"
-    assert cli.main(["erase", "--concept", "red", "--method", "rece", "--epochs", "1", "--seeds", "2", "--out", str(out)]) == 0
+    assert (
+        cli.main(["erase", "--concept", "red", "--method", "rece", "--epochs", "1", "--seeds", "2", "--out", str(out)])
+        == 0
+    )
     assert {p.name for p in out.iterdir()} == {"patch.safetensors", "report.json", "before.png", "after.png"}
     report = json.loads((out / "report.json").read_text())
     assert report["recipe"]["epochs"] == 1 and report["version"] == rl.__version__

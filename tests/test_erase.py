@@ -6,12 +6,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import random_tiny_pipeline
 
 import rece_lite as rl
 from rece_lite import closed_form as cf
 from rece_lite import layers
-
-from conftest import random_tiny_pipeline
 
 
 def _weights(pipe) -> dict[str, torch.Tensor]:
@@ -169,7 +168,9 @@ def test_unsupported_models_get_a_clear_error():
     from diffusers import UNet2DConditionModel
 
     pipe = random_tiny_pipeline()
-    sdxl = SimpleNamespace(unet=pipe.unet, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder)
+    sdxl = SimpleNamespace(
+        unet=pipe.unet, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, text_encoder_2=pipe.text_encoder
+    )
     with pytest.raises(NotImplementedError, match="two text encoders"):
         rl.uce_erase(sdxl, "red")
     plain = UNet2DConditionModel(

@@ -50,7 +50,9 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- vae
-def train_vae(images: np.ndarray, steps: int, batch: int, seed: int, work: Path, device: str = "cpu") -> torch.nn.Module:
+def train_vae(
+    images: np.ndarray, steps: int, batch: int, seed: int, work: Path, device: str = "cpu"
+) -> torch.nn.Module:
     path = work / "vae.safetensors"
     vae = tm.build_vae()
     if path.exists():
@@ -137,7 +139,9 @@ def classifier_batch(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, to
 # ----------------------------------------------------------------------- diffusion
 def _tokenize_all(tokenizer, shapes: np.ndarray, colours: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
     caps = [world.caption(int(s), int(c), rng) for s, c in zip(shapes, colours)]
-    return tokenizer(caps, padding="max_length", max_length=tm.MAX_LENGTH, truncation=True, return_tensors="pt").input_ids
+    return tokenizer(
+        caps, padding="max_length", max_length=tm.MAX_LENGTH, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def train_diffusion(
