@@ -133,10 +133,10 @@ def uce_map(
         raise ValueError(
             f"erase and guide embeddings must align row by row, got {tuple(ce.shape)} and {tuple(cg.shape)}"
         )
-    eye = lamb * torch.eye(d, dtype=torch.float64)
     keep = preserve_scale * cp.T @ cp
-    A = eye + erase_scale * ce.T @ ce + keep
-    N = eye + erase_scale * cg.T @ ce + keep
+    keep.diagonal().add_(lamb)
+    A = torch.addmm(keep, ce.T, ce, alpha=erase_scale)
+    N = torch.addmm(keep, cg.T, ce, alpha=erase_scale)
     return _check_finite(torch.linalg.solve(A, N.T).T, "the UCE solve")
 
 
@@ -168,6 +168,7 @@ def derive_embedding(
     reg: Reg = "zero",
     reg_scale: float = 0.1,
     old_target: torch.Tensor | None = None,
+    Kc: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """RECE's closed-form embedding c' that makes the edited model act like the original on c.
 
@@ -192,6 +193,8 @@ def derive_embedding(
         reg: which regulariser (RECE's close_regzero / close_standardreg / close_surrogatereg).
         reg_scale: λ' > 0 (``surrogate``: ≥ 0).
         old_target: (T, d) c_old, required by ``standard``.
+        Kc: (d, T) ``K @ concept.T``, if already known (then ``K`` may be None): computing
+            ``Σ_l W_lᵀ (W_l^orig cᵀ)`` directly costs T columns instead of d.
 
     Returns:
         (T, d) c', in ``concept``'s dtype.
@@ -202,8 +205,8 @@ def derive_embedding(
         raise ValueError(f"reg_scale must be > 0 for reg={reg!r}, got {reg_scale}")
     d = H.shape[0]
     c = _rows(concept, d)
-    H64, K64 = _f64(H), _f64(K)
-    rhs = K64 @ c.T  # (d, T)
+    H64 = _f64(H)
+    rhs = _f64(Kc) if Kc is not None else _f64(K) @ c.T  # (d, T)
     if reg == "surrogate":
         A = (1 + reg_scale) * H64
         rhs = rhs + reg_scale * H64 @ c.T

@@ -50,6 +50,17 @@ class Patch:
     weights: dict[str, torch.Tensor]
     fingerprint: str
     metadata: dict[str, str] = field(default_factory=dict)
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def gram(self) -> torch.Tensor:
+        """``Σ W_lᵀ W_l`` over the patch's matrices, (d, d) float64; computed once per patch.
+
+        RECE needs the Gram of the original weights; a snapshot computes it on first use
+        and keeps it, so later derivations and RECE runs against it skip the pass over the UNet.
+        """
+        if "gram" not in self._memo:
+            self._memo["gram"] = cf.gram(list(self.weights.values()))
+        return self._memo["gram"]
 
     @property
     def dtype(self) -> torch.dtype:
@@ -121,11 +132,16 @@ def _apply_map(pipe, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
     """``W ← W · M`` for every K/V matrix; all new matrices are checked before any is written."""
     mods = layers.projections(pipe.unet)
     new = {}
+    cast: dict[tuple, torch.Tensor] = {}  # M in each (device, dtype) the matrices need, converted once
     for name, m in mods.items():
         w = m.weight.detach()
         work = torch.promote_types(w.dtype, torch.float32)
-        new[name] = (w.to(work) @ M.to(w.device, work)).to(w.dtype)
-        if not torch.isfinite(new[name]).all():
+        key = (w.device, work)
+        if key not in cast:
+            cast[key] = M.to(w.device, work)
+        new[name] = torch.mm(w.to(work), cast[key]).to(w.dtype)
+        # one reduction instead of an elementwise test: the sum is finite iff every entry is
+        if not torch.isfinite(new[name].sum(dtype=torch.float64)):
             raise cf.SolveError(f"{name}: the edited weights overflow {w.dtype} (nothing was changed)")
     _write(mods, new)
     return Patch(new, layers.fingerprint(pipe.unet), metadata)
@@ -172,21 +188,22 @@ def _embeddings(pipe, items: list[Item], d: int, tokens: Tokens, what: str) -> l
 
 def _erase_guide_rows(
     pipe, erase: list[Item], guide: list[Item], d: int, tokens: Tokens
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per erase item its (rows, d) embedding, and its guide's, row-aligned (one encoder call)."""
     if not erase:
         raise ValueError("nothing to erase: give at least one concept")
     if len(guide) == 1:
         guide = guide * len(erase)
     if len(guide) != len(erase):
         raise ValueError(f"give one guide for all erase items or one per item: {len(erase)} erase, {len(guide)} guide")
-    ce = _embeddings(pipe, erase, d, tokens, "erase")
-    cg = _embeddings(pipe, guide, d, tokens, "guide")
+    both = _embeddings(pipe, erase + guide, d, tokens, "erase/guide")
+    ce, cg = both[: len(erase)], both[len(erase) :]
     for a, b in zip(ce, cg):
         if a.shape != b.shape:
             raise ValueError(
                 f"an erase item and its guide must have the same number of tokens: {tuple(a.shape)} vs {tuple(b.shape)}"
             )
-    return torch.cat(ce), torch.cat(cg)
+    return ce, cg
 
 
 def _preserve_rows(pipe, preserve: list[Item], d: int, tokens: Tokens) -> torch.Tensor:
@@ -233,7 +250,7 @@ def uce_erase(
     d = layers.embedding_width(pipe.unet)
     ce, cg = _erase_guide_rows(pipe, _as_list(erase), _as_list(guide), d, tokens)
     cp = _preserve_rows(pipe, _as_list(preserve), d, tokens)
-    M = cf.uce_map(ce, cg, cp, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale)
+    M = cf.uce_map(torch.cat(ce), torch.cat(cg), cp, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale)
     meta = _metadata("uce", lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale, tokens=tokens)
     return _apply_map(pipe, M, meta)
 
@@ -278,10 +295,11 @@ def derive_embedding(
     orig = _check_original(pipe, original)
     (c,) = _embeddings(pipe, [concept], d, tokens, "concept")
     old = _embeddings(pipe, [old_target], d, tokens, "old_target")[0] if old_target is not None else None
-    current = [m.weight for m in layers.projections(pipe.unet).values()]
-    H = cf.gram(current)
-    K = cf.gram(current, [orig[n] for n in layers.projections(pipe.unet)])
-    out = cf.derive_embedding(H, K, c, reg=reg, reg_scale=reg_scale, old_target=old)
+    mods = layers.projections(pipe.unet)
+    H = cf.gram([m.weight for m in mods.values()])
+    # K only ever appears as K cᵀ = Σ W_lᵀ (W_l^orig cᵀ): T columns instead of d
+    Kc = sum(m.weight.detach().double().T @ (orig[n].double() @ c.T) for n, m in mods.items())
+    out = cf.derive_embedding(H, None, c, reg=reg, reg_scale=reg_scale, old_target=old, Kc=Kc)
     te = pipe.text_encoder
     return out.to(te.device, te.dtype)
 
@@ -352,8 +370,8 @@ def rece_erase(
         raise ValueError("already_edited=True needs original= (a snapshot taken before the erasure)")
     d = layers.embedding_width(pipe.unet)
     concept_items = _as_list(concepts)
-    ce, cg = _erase_guide_rows(pipe, concept_items, _as_list(guide), d, tokens)
-    per_concept = _embeddings(pipe, concept_items, d, tokens, "concept")
+    per_concept, guides = _erase_guide_rows(pipe, concept_items, _as_list(guide), d, tokens)
+    ce, cg = torch.cat(per_concept), torch.cat(guides)
     cp = _preserve_rows(pipe, _as_list(preserve), d, tokens)
     old = _embeddings(pipe, [old_target], d, tokens, "old_target")[0] if old_target is not None else None
     uce = dict(lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale)
@@ -362,6 +380,9 @@ def rece_erase(
     current = [m.weight for m in mods.values()]
     if original is None:
         H = K = cf.gram(current)  # current weights are the original
+    elif not already_edited:
+        _check_original(pipe, original)
+        H = K = original.gram()  # the pipeline still holds these weights: reuse their Gram
     else:
         orig = _check_original(pipe, original)
         H, K = cf.gram(current), cf.gram(current, [orig[n] for n in mods])
@@ -372,7 +393,7 @@ def rece_erase(
         nonlocal H, K, Q
         M = cf.uce_map(erase_rows, cg, cp, **uce)
         H, K, Q = M.T @ H @ M, M.T @ K, Q @ M
-        maps.append(M)
+        maps.append(M.float())
 
     if not already_edited:
         edit(ce)
@@ -381,6 +402,7 @@ def rece_erase(
         new = [cf.derive_embedding(H, K, c, reg=reg, reg_scale=reg_scale, old_target=old) for c in per_concept]
         derived.append(new[0] if len(new) == 1 else torch.stack(new))
         edit(torch.cat(new))
+    del H, K  # free the Gram matrices before the new weights are allocated
     te = pipe.text_encoder
     derived = [x.to(te.device, te.dtype) for x in derived]
     meta = _metadata("rece", epochs=epochs, reg=reg, reg_scale=reg_scale, tokens=tokens, **uce)

@@ -61,6 +61,13 @@ def image_grid(
 # ------------------------------------------------------------------ attention maps
 # Heat maps come from rece_lite.attention: store.token_maps(...)[i] is token i's (h, w) map.
 # A "run" below is a rece_lite.attention.Recording, or any (image, store, tokens) tuple.
+#
+# Colour scales: a map's values are attention probabilities.  Where they are nearly uniform
+# (the miniature model spreads its attention over all 16 tokens: about 1/16 each) a scale
+# from 0 would paint every pixel the same colour, so the default scale runs from the
+# smallest to the largest value shown, and the pictures that compare maps share one scale
+# and draw it as a colour bar.  The picture underneath is drawn in grey so that the heat
+# colours are not confused with the object's own colour.
 
 ATTENTION_CMAP = "jet"
 
@@ -81,14 +88,34 @@ def _upsampled(heat, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(h[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
+def _scale(heats) -> tuple[float, float]:
+    """(min, max) over maps: a shared colour scale (bilinear upsampling stays inside it)."""
+    vals = [np.asarray(h.detach().cpu() if hasattr(h, "detach") else h, dtype=np.float64) for h in heats]
+    lo, hi = min(float(v.min()) for v in vals), max(float(v.max()) for v in vals)
+    return lo, max(hi, lo + 1e-12)
+
+
+def _colorbar(fig, axes, vmin: float, vmax: float, cmap: str = ATTENTION_CMAP, label: str = "attention"):
+    """One colour bar for ``axes`` (a list), drawn right of them."""
+    import matplotlib as mpl
+
+    sm = mpl.cm.ScalarMappable(norm=mpl.colors.Normalize(vmin, vmax), cmap=cmap)
+    cb = fig.colorbar(sm, ax=list(axes), fraction=0.04, pad=0.02, aspect=12)
+    cb.ax.tick_params(labelsize=6)
+    cb.set_label(label, fontsize=7)
+    return cb
+
+
 def overlay(
     image,
     heat,
     ax=None,
     *,
     alpha: float = 0.6,
+    vmin: float | None = None,
     vmax: float | None = None,
     cmap: str = ATTENTION_CMAP,
+    gray: bool = True,
     title: str | None = None,
 ):
     """One token's heat map, upsampled bilinearly to the picture and drawn over it.
@@ -98,9 +125,11 @@ def overlay(
         heat: (h, w) map, e.g. ``store.token_maps()[i]``.
         ax: draw here (default: a new figure).
         alpha: opacity of the heat map.
-        vmax: value drawn as the hottest colour; default the map's own maximum.  Give the
-            same ``vmax`` to maps you compare (original vs erased) so that less attention
-            looks cooler.
+        vmin, vmax: the values drawn as the coolest and the hottest colour; default the
+            map's own minimum and maximum.  Give the same ``vmin``/``vmax`` to maps you
+            compare (original vs erased) so that less attention looks cooler; ``vmin=0``
+            gives an absolute scale.
+        gray: draw the picture in grey under the map (heat colours are not object colours).
 
     Returns:
         The matplotlib figure.
@@ -109,10 +138,15 @@ def overlay(
 
     img = _one_image(image)
     up = _upsampled(heat, img.shape[:2])
+    lo = float(up.min()) if vmin is None else vmin
+    hi = float(up.max()) if vmax is None else vmax
     if ax is None:
         _, ax = plt.subplots(figsize=(2.2, 2.2))
-    ax.imshow(img, interpolation="nearest")
-    ax.imshow(up, cmap=cmap, alpha=alpha, vmin=0.0, vmax=vmax if vmax is not None else max(float(up.max()), 1e-12))
+    if gray:
+        ax.imshow(img.astype(np.float32) @ np.array([0.299, 0.587, 0.114]) / 255, cmap="gray", vmin=0, vmax=1)
+    else:
+        ax.imshow(img, interpolation="nearest")
+    ax.imshow(up, cmap=cmap, alpha=alpha, vmin=lo, vmax=max(hi, lo + 1e-12))
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -136,10 +170,11 @@ def _token_index(tokens: Sequence[str], token: int | str) -> int:
     return list(tokens).index(token)
 
 
-def _grid_axes(rows: int, cols: int, scale: float):
+def _grid_axes(rows: int, cols: int, scale: float, *, colorbar: bool = False):
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * scale + 0.6, rows * scale + 0.4), squeeze=False)
+    width = cols * scale + 0.6 + (0.6 if colorbar else 0)
+    fig, axes = plt.subplots(rows, cols, figsize=(width, rows * scale + 0.4), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -158,6 +193,9 @@ def attention_grid(
 ):
     """Tokens (rows) x layers (columns) of heat maps over one picture; the first column averages all layers.
 
+    Each row (one token) shares one colour scale, drawn as a colour bar at its right, so
+    layers that single out a region stand out from layers that spread their attention.
+
     Args:
         store: an :class:`rece_lite.attention.AttentionStore`.
         tokens: the prompt's tokens (``store.tokens(prompt)``).
@@ -173,12 +211,13 @@ def attention_grid(
         (f"{layer_label(n)} {'x'.join(map(str, store.resolution(n)))}", store.token_maps(layer=n, step=step))
         for n in names
     ]
-    fig, axes = _grid_axes(len(ids), len(columns), scale)
+    fig, axes = _grid_axes(len(ids), len(columns), scale, colorbar=True)
     for r, i in enumerate(ids):
+        lo, hi = _scale(maps[i] for _, maps in columns)
         for c, (label, maps) in enumerate(columns):
-            overlay(image, maps[i], axes[r, c], title=label if r == 0 else None)
+            overlay(image, maps[i], axes[r, c], vmin=lo, vmax=hi, title=label if r == 0 else None)
         axes[r, 0].set_ylabel(tokens[i], fontsize=8, rotation=0, ha="right", va="center")
-    fig.tight_layout()
+        _colorbar(fig, axes[r], lo, hi)
     return fig
 
 
@@ -193,7 +232,7 @@ def step_strip(
     n: int = 8,
     scale: float = 1.3,
 ):
-    """One token's heat map at several denoising steps, left to right, then the average.
+    """One token's heat map at several denoising steps, left to right, then the average; one colour scale.
 
     Args:
         token: position or token string.
@@ -208,19 +247,20 @@ def step_strip(
         ]
     panels = [(f"step {s}", store.token_maps(layer=layer, step=s)[i]) for s in steps]
     panels.append(("all steps", store.token_maps(layer=layer)[i]))
-    fig, axes = _grid_axes(1, len(panels), scale)
+    lo, hi = _scale(h for _, h in panels)
+    fig, axes = _grid_axes(1, len(panels), scale, colorbar=True)
     for ax, (label, heat) in zip(axes[0], panels, strict=True):
-        overlay(image, heat, ax, title=label)
+        overlay(image, heat, ax, vmin=lo, vmax=hi, title=label)
     axes[0, 0].set_ylabel(tokens[i], fontsize=8, rotation=0, ha="right", va="center")
-    fig.tight_layout()
+    _colorbar(fig, axes[0], lo, hi)
     return fig
 
 
 def compare_attention(runs, *, token_ids: Sequence[int | str] | None = None, layer=None, step=None, scale: float = 1.3):
     """Runs (rows, e.g. original vs erased) x the picture and one heat map per token (columns).
 
-    Each token's column shares one colour scale across rows, so weaker attention after an
-    edit looks cooler.
+    All heat maps share one colour scale (the colour bar), so weaker attention after an
+    edit looks cooler, and tokens can be compared with each other.
 
     Args:
         runs: label -> run (``Recording`` or ``(image, store, tokens)``), same prompt.
@@ -230,15 +270,15 @@ def compare_attention(runs, *, token_ids: Sequence[int | str] | None = None, lay
     tokens = runs[labels[0]][2]
     ids = [_token_index(tokens, t) for t in (token_ids if token_ids is not None else word_positions(tokens))]
     maps = {k: runs[k][1].token_maps(layer=layer, step=step) for k in labels}
-    fig, axes = _grid_axes(len(labels), 1 + len(ids), scale)
+    lo, hi = _scale(maps[k][i] for k in labels for i in ids)
+    fig, axes = _grid_axes(len(labels), 1 + len(ids), scale, colorbar=True)
     for r, k in enumerate(labels):
         axes[r, 0].imshow(_one_image(runs[k][0]), interpolation="nearest")
         axes[r, 0].set_ylabel(k, fontsize=8, rotation=0, ha="right", va="center")
         for c, i in enumerate(ids, start=1):
-            vmax = max(float(maps[j][i].max()) for j in labels)
-            overlay(runs[k][0], maps[k][i], axes[r, c], vmax=vmax, title=tokens[i] if r == 0 else None)
+            overlay(runs[k][0], maps[k][i], axes[r, c], vmin=lo, vmax=hi, title=tokens[i] if r == 0 else None)
     axes[0, 0].set_title("image", fontsize=7, pad=2)
-    fig.tight_layout()
+    _colorbar(fig, axes[:, 1:].flat, lo, hi)
     return fig
 
 
@@ -246,6 +286,9 @@ def explorer_figure(
     runs, prompt: str | None = None, token: int | str | None = None, layer=None, step=None, *, scale: float = 2.0
 ):
     """The explorer's picture, static: one prompt's runs side by side for one token, layer and step.
+
+    The heat maps share one colour scale (the colour bar); each title gives the share of
+    all attention that goes to the token (its map's mean; uniform would be 1/T).
 
     Args:
         runs: prompt -> {label -> run} (``Recording`` or ``(image, store, tokens)``),
@@ -258,18 +301,23 @@ def explorer_figure(
     tokens = next(iter(by_label.values()))[2]
     i = _token_index(tokens, token if token is not None else word_positions(tokens)[0])
     heats = {k: run[1].token_maps(layer=layer, step=step)[i] for k, run in by_label.items()}
-    vmax = max(float(h.max()) for h in heats.values())
-    fig, axes = _grid_axes(1, 2 * len(heats), scale)
+    lo, hi = _scale(heats.values())
+    fig, axes = _grid_axes(1, 2 * len(heats), scale, colorbar=True)
     for c, (k, heat) in enumerate(heats.items()):
         axes[0, 2 * c].imshow(_one_image(by_label[k][0]), interpolation="nearest")
         axes[0, 2 * c].set_title(k, fontsize=8, pad=2)
         overlay(
-            by_label[k][0], heat, axes[0, 2 * c + 1], vmax=vmax, title=f"{tokens[i]!r}: mean {float(heat.mean()):.3f}"
+            by_label[k][0],
+            heat,
+            axes[0, 2 * c + 1],
+            vmin=lo,
+            vmax=hi,
+            title=f"{tokens[i]!r}: mean {float(heat.mean()):.3f}",
         )
+    _colorbar(fig, axes[0, 1::2], lo, hi)
     where = f"layer {layer}" if layer is not None else "all layers"
     when = f"step {step}" if step is not None else "all steps"
     fig.suptitle(f"{prompt!r} — {where}, {when}", fontsize=9)
-    fig.tight_layout()
     return fig
 
 
@@ -295,7 +343,7 @@ class _Explorer:
         return bundle
 
 
-def attention_explorer(runs, *, scale: float = 2.0):
+def attention_explorer(runs, *, token: int | str | None = None, scale: float = 2.0):
     """An interactive view of precomputed attention: prompt, token, layer and step pickers.
 
     The runs are computed beforehand (``rece_lite.attention.generate_with_attention``), so
@@ -305,11 +353,16 @@ def attention_explorer(runs, *, scale: float = 2.0):
     Args:
         runs: prompt -> {label -> run}, e.g. ``{p: {"original": rec0, "erased": rec1}}``;
             each run a ``Recording`` or ``(image, store, tokens)``.
+        token: the token shown first (position or string, in the first prompt); default
+            its first word.
 
     Returns:
         A displayable explorer (or a matplotlib figure without ipywidgets).
     """
-    first = lambda: explorer_figure(runs, scale=scale)
+    prompts = list(runs)
+    first_tokens = next(iter(runs[prompts[0]].values()))[2]
+    start = _token_index(first_tokens, token if token is not None else word_positions(first_tokens)[0])
+    first = lambda: explorer_figure(runs, token=start, scale=scale)
     try:
         import ipywidgets as w
     except ImportError:
@@ -319,7 +372,6 @@ def attention_explorer(runs, *, scale: float = 2.0):
 
     from rece_lite.attention import layer_label
 
-    prompts = list(runs)
     store = next(iter(runs[prompts[0]].values()))[1]
     groups = [
         (g, p)
@@ -334,11 +386,7 @@ def attention_explorer(runs, *, scale: float = 2.0):
         return [(f"{i}: {tokens[i]}", i) for i in range(min(end + 1, len(tokens)))]
 
     prompt_w = w.Dropdown(options=prompts, description="prompt")
-    token_w = w.Dropdown(
-        options=token_options(prompts[0]),
-        value=word_positions(next(iter(runs[prompts[0]].values()))[2])[0],
-        description="token",
-    )
+    token_w = w.Dropdown(options=token_options(prompts[0]), value=start, description="token")
     layer_w = w.Dropdown(options=layer_options, description="layer")
     step_w = w.SelectionSlider(options=["all", *store.steps], value="all", description="step")
     out = w.Output()
@@ -352,8 +400,13 @@ def attention_explorer(runs, *, scale: float = 2.0):
             plt.close(fig)
 
     def new_prompt(change):
-        token_w.options = token_options(change["new"])
-        token_w.value = word_positions(next(iter(runs[change["new"]].values()))[2])[0]
+        # keep the same word where the new prompt has it ("red" in "a red circle" -> "a red star")
+        old = next(iter(runs[change["old"]].values()))[2][token_w.value]
+        tokens = next(iter(runs[change["new"]].values()))[2]
+        options = token_options(change["new"])
+        keep = [i for _, i in options if tokens[i] == old and i in word_positions(tokens)]
+        token_w.options = options
+        token_w.value = keep[0] if keep else word_positions(tokens)[0]
 
     prompt_w.observe(new_prompt, names="value")
     for c in (prompt_w, token_w, layer_w, step_w):
