@@ -31,7 +31,6 @@ def test_bad_method_is_refused(tmp_path, capsys):
     assert cli.main(["erase", "--concept", "red", "--method", "esd", "--out", str(tmp_path / "y")]) == 2
 
 
-@pytest.mark.skipif(not (TINY_PATH / "model_index.json").exists(), reason="embedded model not trained yet")
 def test_erase_writes_a_loadable_patch_and_a_report(tmp_path):
     import rece_lite as rl
 

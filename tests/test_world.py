@@ -49,7 +49,6 @@ def test_colour_rule_is_accurate_on_clean_renders():
     assert ev.classify_colour(blank) == ["none"] * 4
 
 
-@pytest.mark.skipif(not ev.CLASSIFIER_PATH.exists(), reason="shape classifier not trained")
 def test_shape_cnn_is_accurate_on_clean_and_degraded_renders():
     import torch
 

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -190,8 +191,10 @@ def train_diffusion(
                     "exp_avg_sq": st[f"opt.{i}.exp_avg_sq"],
                 }
         opt.load_state_dict(opt_state)
-        for _ in range(start):
-            sched.step()
+        with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping a step
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(start):
+                sched.step()
         print(f"resuming diffusion training at step {start}/{steps}")
 
     def save_state(k: int) -> None:  # safetensors, not pickles: the optimiser's tensors, flattened
