@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from rece_lite import cli
-from rece_lite.pipeline import TINY_PATH
 
 
 def test_unknown_concept_is_refused_with_the_known_ones(tmp_path, capsys):
