@@ -49,8 +49,8 @@ class AttackResult:
     Attributes:
         attack: ``"paraphrase" | "soft_prompt" | "concept_vector"``.
         concept: the concept the attack tries to bring back.
-        prompts: P prompts, as text (for the embedding attacks, a readable form:
-            ``"a <v1> <v2> <v3> circle"``, ``"a circle + 2.0·v"``).
+        prompts: P prompts, as text (the soft-prompt attack's words, "a drawing crimson red
+            circle", or for the embedding attacks a readable form: "a circle + 2·v").
         embeds: (P, T, d) text-encoder outputs fed to the pipeline, or None where the
             prompts themselves were fed.
         images: (P * S, H, W, 3) uint8, prompt-major (as :func:`~rece_lite.pipeline.sample`).
@@ -87,7 +87,8 @@ class SoftPromptResult(AttackResult):
             ``space="input"``, a (T, d) offset of the text-encoder output for ``"output"``.
         space: ``"input"`` or ``"output"``.
         nearest_words: per free token, the vocabulary word whose input embedding is
-            closest in cosine (input space only; empty otherwise).
+            closest in cosine (input space only; empty otherwise).  With ``discrete=True``
+            these are the words the attack fed: ``prompts`` spells them out.
         losses: the training loss at every step (noisy: fresh noise each step).
         loss_before, loss_after: the loss on one fixed batch of (picture, t, noise),
             before and after the optimisation.
@@ -120,6 +121,7 @@ class ConceptVectorResult(AttackResult):
 
 # --------------------------------------------------------------------------- helpers
 def default_prompts(concept: str, prompts: Sequence[str] | None, *, synonyms: bool = False) -> list[str]:
+    """``prompts`` as a list, or the miniature world's prompts naming ``concept`` (with synonyms)."""
     if prompts is not None:
         if isinstance(prompts, str):
             prompts = [prompts]
@@ -134,14 +136,18 @@ def judge_images(images: np.ndarray, concept: str, judge: Judge | None = None) -
 
     The default judge is the miniature world's evaluator, of the concept's kind only (a
     colour concept needs no shape CNN); its share equals
-    ``evaluate.share_with(evaluate.classify(images), concept)``.
+    ``evaluate.share_with(evaluate.classify(images), concept)``.  For a concept outside
+    that world and no ``judge``, the labels are ``"?"`` and the share is NaN.
     """
     if judge is not None:
         hits = [bool(h) for h in judge(images)]
         return tuple("yes" if h else "no" for h in hits), float(np.mean(hits)) if hits else float("nan")
     from rece_lite import evaluate as ev
 
-    kind, name = ev.concept_of(concept)
+    try:
+        kind, name = ev.concept_of(concept)
+    except ValueError:
+        return ("?",) * len(images), float("nan")
     labels = ev.classify_colour(images) if kind == "colour" else ev.classify_shape(images)
     return tuple(labels), float(np.mean([x == name for x in labels])) if labels else float("nan")
 
@@ -310,6 +316,7 @@ def soft_prompt_attack(
     prompts: Sequence[str] | None = None,
     n_tokens: int = 3,
     space: Space = "input",
+    discrete: bool = True,
     steps: int = 150,
     lr: float = 0.05,
     batch: int = 16,
@@ -322,7 +329,7 @@ def soft_prompt_attack(
     judge: Judge | None = None,
     progress: bool = True,
 ) -> SoftPromptResult:
-    """Optimise free token embeddings so the erased model draws the concept again (UnlearnDiff-style).
+    """Optimise free tokens so the erased model draws the concept again (UnlearnDiff-style).
 
     The concept word in each prompt ("a red circle") is replaced by ``n_tokens`` free
     tokens ("a <v1> <v2> <v3> circle"), shared by all prompts.  They minimise the erased
@@ -331,8 +338,15 @@ def soft_prompt_attack(
     uniform over the training schedule; then the attack samples from them.
 
     ``space="input"`` (default) optimises vectors in the text encoder's *input*
-    token-embedding space, passed through the real text encoder: the result is a prompt
-    the model could read (UnlearnDiff's threat model: the attacker controls text only).
+    token-embedding space, passed through the real text encoder (UnlearnDiff's threat
+    model: the attacker speaks to the model through its text interface).  With
+    ``discrete=True`` (default) every forward pass uses each vector's nearest vocabulary
+    word (cosine; special tokens excluded) and the gradient updates the continuous vector
+    (straight-through, as PEZ, Wen et al. 2023, and UnlearnDiff's projected descent): the
+    result is a real prompt, in ``prompts``.  ``discrete=False`` feeds the continuous
+    vectors themselves; on the miniature model those over-fit the few target pictures
+    (lower loss than the word "red" itself) yet seldom draw red under guidance.
+
     ``space="output"`` instead optimises a (T, d) offset added to the text-encoder output
     of the prompts without the concept word ("a circle"): a white-box attacker who
     bypasses the text encoder.  Every UCE/RECE edit is ``W·M`` with an invertible ``M``, so
@@ -346,13 +360,14 @@ def soft_prompt_attack(
         prompts: prompts naming the concept (default: :func:`rece_lite.evaluate.concept_prompts`).
         n_tokens: k free tokens that replace the concept word.
         space: ``"input"`` or ``"output"`` (see above).
+        discrete: project input-space tokens onto the vocabulary (see above).
         steps: Adam steps; lr: Adam step size, as a fraction of the RMS entry of the
             token-embedding table (input space) or of the encoded prompts (output space),
             so that one setting suits every model.
         batch: (picture, t, noise) triples per step.
-        target_images: (n, H, W, 3) uint8 pictures of the concept, one row of
-            ``targets_per_prompt`` per prompt, prompt-major; default: made here by the
-            original model with seeds ``1000 + i`` (disjoint from the sampling seeds).
+        target_images: (n, H, W, 3) uint8 pictures of the concept, the same number for
+            each prompt, prompt-major; default: made here by the original model with seeds
+            ``1000 + i``, ``targets_per_prompt`` per prompt (disjoint from the sampling seeds).
         seed: seeds the initial tokens, the time steps and the noise.
         seeds, sample_steps, guidance: sampling of the attack's pictures.
         judge: pictures -> one bool each (default: the miniature world's evaluator).
@@ -370,38 +385,40 @@ def soft_prompt_attack(
     if len(target_images) % len(prompts):
         raise ValueError(f"target_images must hold the same number of pictures for each of the {len(prompts)} prompts")
     per_prompt = len(target_images) // len(prompts)
-    z0 = image_latents(pipe, target_images)
+    z0 = image_latents(pipe, target_images).float().cpu()
     which = torch.arange(len(prompts)).repeat_interleave(per_prompt)  # the prompt of each target
 
-    unet, te = pipe.unet, pipe.text_encoder
+    unet, te, tok = pipe.unet, pipe.text_encoder, pipe.tokenizer
     dev = unet.device
     acp = pipe.scheduler.alphas_cumprod.to(torch.float32)
-    n_train = len(acp)
     g = torch.Generator().manual_seed(seed)
 
+    words = lambda v: v  # noqa: E731  (input space, discrete: the nearest vocabulary words' ids)
     if space == "input":
         ids, slots = _slot_ids(pipe, prompts, word, n_tokens)
         table = te.get_input_embeddings().weight.detach().float()
+        vocab = torch.tensor(sorted(set(range(len(table))) - set(tok.all_special_ids)), device=table.device)
+        unit = F.normalize(table[vocab], dim=-1)
+        words = lambda v: vocab[(F.normalize(v.detach(), dim=-1) @ unit.T).argmax(1)]  # noqa: E731
+        # straight-through: the forward pass sees the words, the gradient moves the free vectors
+        feed = (lambda v: v + (table[words(v)] - v).detach()) if discrete else (lambda v: v)
+        cond_of = lambda v: encode_with_tokens(pipe, ids, slots, feed(v))  # noqa: E731
         scale = table.pow(2).mean().sqrt().item()
         init = table.mean(0) + table.std(0) * torch.randn(n_tokens, table.shape[1], generator=g).to(table.device)
-        free = init.clone().requires_grad_(True)
-        cond_of = lambda v: encode_with_tokens(pipe, ids, slots, v)  # noqa: E731
-        readable = [p.replace(word, " ".join(f"<v{i + 1}>" for i in range(n_tokens)), 1) for p in prompts]
+        free = init.requires_grad_(True)
     else:
         base = encode(pipe, [_without(p, word) for p in prompts]).detach().float()
+        cond_of = lambda v: base + v  # noqa: E731
         scale = base.pow(2).mean().sqrt().item()
         free = (0.01 * scale * torch.randn(base.shape[1:], generator=g)).to(base.device).requires_grad_(True)
-        cond_of = lambda v: base + v  # noqa: E731
-        readable = [f"{_without(p, word)} + Δ" for p in prompts]
     opt = torch.optim.Adam([free], lr=lr * scale)
 
-    def draw(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def draw(gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         idx = torch.randint(0, len(z0), (batch,), generator=gen)
-        t = torch.randint(0, n_train, (batch,), generator=gen)
+        t = torch.randint(0, len(acp), (batch,), generator=gen)
         noise = torch.randn((batch, *z0.shape[1:]), generator=gen)
         a = acp[t].view(-1, 1, 1, 1)
-        zt = a.sqrt() * z0[idx].float().cpu() + (1 - a).sqrt() * noise
-        return idx, t, zt, noise
+        return idx, t, a.sqrt() * z0[idx] + (1 - a).sqrt() * noise, noise
 
     def loss_of(v: torch.Tensor, idx, t, zt, noise) -> torch.Tensor:
         cond = cond_of(v)[which[idx].to(dev)]
@@ -427,9 +444,11 @@ def soft_prompt_attack(
 
     nearest: tuple[str, ...] = ()
     if space == "input":
-        table = te.get_input_embeddings().weight.detach().float()
-        sims = F.normalize(free.float(), dim=-1) @ F.normalize(table, dim=-1).T
-        nearest = tuple(pipe.tokenizer.convert_ids_to_tokens(sims.argmax(1).tolist()))
+        nearest = tuple(tok.convert_ids_to_tokens(words(free).tolist()))
+        shown = " ".join(nearest) if discrete else " ".join(f"<v{i + 1}>" for i in range(n_tokens))
+        readable = [_replace(p, word, shown) for p in prompts]
+    else:
+        readable = [f"{_without(p, word)} + Δ" for p in prompts]
     images = generate(pipe, embeds=embeds, seeds=seeds, steps=sample_steps, guidance=guidance, progress=progress,
                       desc="soft prompt: sampling")  # fmt: skip
     labels, rate = judge_images(images, concept, judge)
@@ -437,6 +456,15 @@ def soft_prompt_attack(
         "soft_prompt", concept, tuple(readable), embeds, images, tuple(int(s) for s in seeds), labels, rate,
         time.perf_counter() - t0, free, space, nearest, tuple(losses), loss_before, loss_after, target_images,
     )  # fmt: skip
+
+
+def _replace(prompt: str, word: str, by: str) -> str:
+    """``prompt`` with its first occurrence of the word(s) ``word`` replaced by ``by``."""
+    words, drop = prompt.split(), word.split()
+    for i in range(len(words) - len(drop) + 1):
+        if [w.lower() for w in words[i : i + len(drop)]] == [w.lower() for w in drop]:
+            return " ".join(words[:i] + [by] + words[i + len(drop) :])
+    return prompt
 
 
 def _word_in(concept: str, prompts: Sequence[str]) -> str:
@@ -519,6 +547,7 @@ def run_attacks(
     original: Patch | None = None,
     attacks: Sequence[str] = ATTACKS,
     seeds: Sequence[int] = range(8),
+    sample_steps: int = 20,
     soft_prompt_kw: dict | None = None,
     concept_vector_kw: dict | None = None,
     progress: bool = True,
@@ -527,6 +556,7 @@ def run_attacks(
 
     Args:
         original: the pre-erasure snapshot (for the soft-prompt attack's targets).
+        seeds, sample_steps: sampling of every attack's pictures.
         soft_prompt_kw, concept_vector_kw: extra keyword arguments for those attacks
             (e.g. ``soft_prompt_kw=dict(target_images=..., steps=100)``).
     """
@@ -536,11 +566,11 @@ def run_attacks(
     out: dict[str, AttackResult] = {}
     for name in attacks:
         if name == "paraphrase":
-            out[name] = paraphrase_attack(pipe, concept, seeds=seeds, progress=progress)
+            out[name] = paraphrase_attack(pipe, concept, seeds=seeds, steps=sample_steps, progress=progress)
         elif name == "soft_prompt":
-            out[name] = soft_prompt_attack(pipe, concept, original=original, seeds=seeds, progress=progress,
-                                           **(soft_prompt_kw or {}))  # fmt: skip
+            kw = {"sample_steps": sample_steps, **(soft_prompt_kw or {})}
+            out[name] = soft_prompt_attack(pipe, concept, original=original, seeds=seeds, progress=progress, **kw)
         else:
-            kw = concept_vector_kw or {}
+            kw = {"steps": sample_steps, **(concept_vector_kw or {})}
             out[name] = concept_vector_attack(pipe, concept, seeds=seeds, progress=progress, **kw)
     return out

@@ -11,7 +11,8 @@ RECE (settings: :func:`rece_lite.recipes.tiny_recipe`) — and one column per qu
 * *KID*: a kernel distance (polynomial-kernel MMD², unbiased, as KID) between the
   evaluator CNN's features of the model's pictures of those unrelated prompts and the
   original model's pictures of them drawn with other seeds (↓; the original's own row is
-  the noise floor);
+  the noise floor).  Features are standardised by the reference pictures' mean and
+  standard deviation, so the kernel sees values of order one, as KID's Inception features;
 * *edit time*: wall time of the erasure itself, median of repeated runs for UCE and RECE,
   one run for ESD (which includes drawing its training pictures: ESD samples from the
   model as part of its training).
@@ -30,6 +31,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +39,7 @@ import torch
 
 from rece_lite import attacks as atk
 from rece_lite import evaluate as ev
-from rece_lite.erase import rece_erase, snapshot, uce_erase
+from rece_lite.erase import Patch, rece_erase, snapshot, uce_erase
 from rece_lite.pipeline import sample
 
 MODELS: tuple[str, ...] = ("original", "ESD-x", "UCE", "RECE")
@@ -47,7 +49,7 @@ COLUMNS: dict[str, str] = {
     "soft_prompt": "soft prompt ↓",
     "concept_vector": "concept vector ↓",
     "preservation": "preservation ↑",
-    "kid": "KID×10³ ↓",
+    "kid": "KID ↓",
     "seconds": "edit time (s)",
 }
 
@@ -77,17 +79,57 @@ def features(images: np.ndarray) -> torch.Tensor:
     return ev.shape_classifier().embed(x)
 
 
-def _median_time(fn, repeats: int, reset) -> tuple[float, list[float], object]:
-    times, out = [], None
-    for _ in range(max(1, repeats)):
-        reset()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times, out
-
-
 # ---------------------------------------------------------------------------- run
+@dataclass(frozen=True)
+class Edit:
+    """One erased model of the benchmark.
+
+    Attributes:
+        patch: its cross-attention weights (the original model's: a snapshot).
+        seconds: edit time: the median of ``runs`` (None for the original).
+        runs: the wall time of every timed run.
+    """
+
+    patch: Patch
+    seconds: float | None
+    runs: tuple[float, ...]
+
+
+def erase_all(
+    pipe, concept: str, recipe, *, esd_kw: dict | None = None, repeats: int = 5, progress: bool = True
+) -> dict[str, Edit]:
+    """The four models of the table, as patches of ``pipe`` (left with its original weights).
+
+    ESD-x runs once (:func:`rece_lite.esd.esd_erase` with ``esd_kw``); UCE and RECE run
+    ``repeats`` times each from the original weights, and their median time is reported.
+    Works on any SD 1.x pipeline (e.g. SD 1.4 on a GPU, with ``rece_lite.recipes.sd_recipe``).
+
+    Args:
+        recipe: a :class:`rece_lite.recipes.Recipe` for UCE and RECE.
+    """
+    from rece_lite.esd import esd_erase
+
+    snap = snapshot(pipe)
+    out = {"original": Edit(snap, None, ())}
+    try:
+        esd = esd_erase(pipe, concept, progress=progress, **(esd_kw or {}))
+        out["ESD-x"] = Edit(esd.patch, esd.seconds, (esd.seconds,))
+        for name, fn in (
+            ("UCE", lambda: uce_erase(pipe, **recipe.uce_kwargs())),
+            ("RECE", lambda: rece_erase(pipe, **recipe.rece_kwargs()).patch),
+        ):
+            runs = []
+            for _ in range(max(1, repeats)):
+                snap.apply(pipe)
+                t0 = time.perf_counter()
+                patch = fn()
+                runs.append(time.perf_counter() - t0)
+            out[name] = Edit(patch, statistics.median(runs), tuple(runs))
+    finally:
+        snap.apply(pipe)
+    return out
+
+
 def run(
     pipe,
     concept: str,
@@ -98,6 +140,7 @@ def run(
     esd_kw: dict | None = None,
     soft_prompt_kw: dict | None = None,
     concept_vector_kw: dict | None = None,
+    edits: dict[str, Edit] | None = None,
     progress: bool = True,
 ) -> dict:
     """Erase ``concept`` four ways and measure each model; ``pipe`` ends with its original weights.
@@ -110,12 +153,13 @@ def run(
         repeats: timed runs of UCE and RECE (median reported); ESD runs once.
         esd_kw, soft_prompt_kw, concept_vector_kw: extra settings for
             :func:`rece_lite.esd.esd_erase` and the attacks.
+        edits: the four models from :func:`erase_all` if already made (then ``esd_kw``
+            and ``repeats`` are not used).
 
     Returns:
         The report: ``rows`` (model -> numbers), ``settings`` and ``versions``.
     """
     from rece_lite import __version__
-    from rece_lite.esd import esd_erase
     from rece_lite.recipes import tiny_recipe
 
     t_start = time.perf_counter()
@@ -130,30 +174,28 @@ def run(
 
     say("original model: reference pictures ...")
     ref = features(sample(pipe, others, seeds=[500 + s for s in seeds], **kw))
+    # KID's kernel expects features of order one: standardise by the reference pictures' statistics
+    mu, sd = ref.mean(0), ref.std(0).clamp_min(1e-6)
+    ref = (ref - mu) / sd
     sp_kw = dict(soft_prompt_kw or {})
     if "target_images" not in sp_kw:
         per = sp_kw.pop("targets_per_prompt", 4)
         sp_kw["target_images"] = atk.original_images(pipe, None, named, [1000 + i for i in range(per)], **kw)
 
-    edits: dict[str, dict] = {"original": {"patch": snap, "seconds": None, "runs": []}}
-    say("ESD-x: fine-tuning ...")
-    esd = esd_erase(pipe, concept, progress=progress, **(esd_kw or {}))
-    edits["ESD-x"] = {"patch": esd.patch, "seconds": esd.seconds, "runs": [esd.seconds]}
-    say("UCE, RECE: closed forms ...")
-    reset = lambda: snap.apply(pipe)  # noqa: E731
-    med, runs, patch = _median_time(lambda: uce_erase(pipe, **recipe.uce_kwargs()), repeats, reset)
-    edits["UCE"] = {"patch": patch, "seconds": med, "runs": runs}
-    med, runs, res = _median_time(lambda: rece_erase(pipe, **recipe.rece_kwargs()), repeats, reset)
-    edits["RECE"] = {"patch": res.patch, "seconds": med, "runs": runs}
+    if edits is None:
+        say("erasing: ESD-x (fine-tuning), UCE and RECE (closed forms) ...")
+        edits = erase_all(pipe, concept, recipe, esd_kw=esd_kw, repeats=repeats, progress=progress)
+    elif set(edits) != set(MODELS):
+        raise ValueError(f"edits must hold the models {', '.join(MODELS)} (from erase_all)")
 
     rows: dict[str, dict] = {}
     try:
         for model in MODELS:
             say(f"{model}: measuring ...")
-            edits[model]["patch"].apply(pipe)
+            edits[model].patch.apply(pipe)
             erased = sample(pipe, named, seeds=seeds, **kw)
             found = atk.run_attacks(
-                pipe, concept, original=snap, seeds=seeds, soft_prompt_kw=sp_kw,
+                pipe, concept, original=snap, seeds=seeds, sample_steps=steps, soft_prompt_kw=sp_kw,
                 concept_vector_kw=concept_vector_kw, progress=progress,
             )  # fmt: skip
             imgs = sample(pipe, others, seeds=seeds, **kw)
@@ -163,10 +205,11 @@ def run(
             rows[model] = {
                 "erasure": atk.judge_images(erased, name)[1],
                 "attacks": {a: r.success_rate for a, r in found.items()},
+                "soft_prompt_found": list(found["soft_prompt"].prompts) if "soft_prompt" in found else [],
                 "others_accuracy": acc["both"],
-                "kid": kernel_distance(features(imgs), ref),
-                "seconds": edits[model]["seconds"],
-                "seconds_runs": edits[model]["runs"],
+                "kid": kernel_distance((features(imgs) - mu) / sd, ref),
+                "seconds": edits[model].seconds,
+                "seconds_runs": list(edits[model].runs),
             }
     finally:
         snap.apply(pipe)
@@ -182,8 +225,8 @@ def run(
             "recipe": recipe.as_dict(),
             "seeds": seeds,
             "sampling": {"steps": steps, "guidance": 6.0},
-            "repeats": repeats,
-            "esd": dict(esd_kw or {}),
+            "repeats": len(edits["UCE"].runs),
+            "esd": dict(edits["ESD-x"].patch.metadata),
             "soft_prompt": {k: v for k, v in sp_kw.items() if k != "target_images"},
             "concept_vector": dict(concept_vector_kw or {}),
             "named_prompts": named,
@@ -201,9 +244,9 @@ def _cell(row: dict, col: str) -> str:
         s = row["seconds"]
         return "—" if s is None else (f"{s:.3f}" if s < 10 else f"{s:.1f}")
     if col == "kid":
-        return f"{row['kid'] * 1e3:.2f}"
+        return f"{row['kid']:.3f}"
     v = row["attacks"].get(col) if col in atk.ATTACKS else row[col]
-    return "—" if v is None else f"{v:.0%}"
+    return "—" if v is None or v != v else f"{v:.0%}"  # v != v: NaN
 
 
 def markdown(report: dict) -> str:
@@ -244,10 +287,11 @@ def plot(report: dict):
         vals = [rows[m]["attacks"][k] if k in rows[m]["attacks"] else rows[m][k] for k in metrics]
         ax.bar(np.arange(len(metrics)) + (i - (len(models) - 1) / 2) * w, vals, w, label=m)
     ax.set_xticks(range(len(metrics)), [COLUMNS[k] for k in metrics], fontsize=8)
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.22)
+    ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_ylabel("share of pictures")
     ax.set_title(f"erasing {report['concept']!r}: lower is better, except preservation", fontsize=9)
-    ax.legend(fontsize=7, frameon=False, ncols=len(models))
+    ax.legend(fontsize=7, frameon=False, ncols=len(models), loc="upper center")
     timed = [m for m in models if rows[m]["seconds"]]
     axt.bar(timed, [rows[m]["seconds"] for m in timed], color=[f"C{models.index(m)}" for m in timed])
     axt.set_yscale("log")

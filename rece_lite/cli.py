@@ -188,6 +188,11 @@ def run_demo(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own parser: rece_lite.bench.main
+        from rece_lite.bench import main as bench_main
+
+        return bench_main(argv[1:])
     p = argparse.ArgumentParser(prog="rece-lite", description="Closed-form concept erasure (UCE, RECE) for teaching.")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("erase", help="erase a concept and write patch.safetensors, report.json and pictures")
@@ -199,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--force", action="store_true", help="replace --out if it exists")
     e.add_argument("--seeds", type=int, default=8, help="seeds per prompt for the measurements")
     e.add_argument("--steps", type=int, default=20, help="sampling steps for the measurements")
+    sub.add_parser("bench", help="the benchmark table: original, ESD-x, UCE, RECE (rece-lite bench -h)")
     d = sub.add_parser("demo", help="the whole story for one concept on the embedded model")
     d.add_argument("--concept", default="red")
     d.add_argument("--out", default="rece-lite-demo")
