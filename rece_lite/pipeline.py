@@ -168,7 +168,7 @@ def sample(
     """Images for every prompt (or embedding) and seed, deterministically.
 
     Each image has its own generator seeded with its seed, so an image does not
-    depend on what else is in the batch.
+    depend on what else is in the batch (up to the rounding of batched kernels).
 
     Args:
         prompts: P prompts; or
