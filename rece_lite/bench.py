@@ -320,7 +320,8 @@ def write(report: dict, out: str | os.PathLike) -> None:
 # ---------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     """``rece-lite bench``: exit 0 on success, 2 with a one-line reason on bad input."""
-    from rece_lite.cli import UsageError, _commit_out, _prepare_out
+    from rece_lite.cli import UsageError, prepare_out
+    from rece_lite.files import replace_dir
 
     p = argparse.ArgumentParser(prog="rece-lite bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny", help="'tiny' or a folder with a checkpoint of the miniature model")
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 2:
             raise UsageError("--seeds must be >= 2 (the kernel distance compares sets of pictures)")
         out = Path(args.out)
-        tmp = _prepare_out(out, args.force)
+        tmp = prepare_out(out, args.force)
         try:
             import rece_lite as rl
 
@@ -355,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             report["model"] = str(args.model)
             report["command"] = "rece-lite bench " + " ".join(argv if argv is not None else sys.argv[1:])
             write(report, tmp)
-            _commit_out(tmp, out)
+            replace_dir(tmp, out)
         except BaseException:
             import shutil
 

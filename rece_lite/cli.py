@@ -15,9 +15,10 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from rece_lite.files import replace_dir
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -26,17 +27,13 @@ class UsageError(Exception):
     """Bad input: printed as one line, exit status 2."""
 
 
-def _prepare_out(out: Path, force: bool) -> Path:
+def prepare_out(out: Path, force: bool) -> Path:
+    """A temporary directory to fill, refusing to replace ``out`` without ``--force``."""
+    from rece_lite.files import new_dir_for
+
     if out.exists() and not force:
         raise UsageError(f"{out} already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
-def _commit_out(tmp: Path, out: Path) -> None:
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    return new_dir_for(out)
 
 
 def _check_concept(model: str, concept: str) -> None:
@@ -81,7 +78,7 @@ def run_erase(args) -> dict:
     if args.epochs is not None and args.epochs < 0:
         raise UsageError("--epochs must be >= 0")
     out = Path(args.out)
-    tmp = _prepare_out(out, args.force)
+    tmp = prepare_out(out, args.force)
     try:
         torch.manual_seed(0)
         recipe = tiny_recipe(args.concept) if args.model == "tiny" else sd_recipe(args.concept)
@@ -124,7 +121,7 @@ def run_erase(args) -> dict:
             _grid(pipe, args.concept, tmp / "after.png", f"after {args.method.upper()} ({args.concept} erased)", seeds)
         patch.save(tmp / "patch.safetensors")
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        _commit_out(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -142,7 +139,7 @@ def run_demo(args) -> dict:
 
     _check_concept("tiny", args.concept)
     out = Path(args.out)
-    tmp = _prepare_out(out, args.force)
+    tmp = prepare_out(out, args.force)
     try:
         torch.manual_seed(0)
         recipe = tiny_recipe(args.concept)
@@ -168,7 +165,7 @@ def run_demo(args) -> dict:
         _grid(pipe, args.concept, tmp / "rece.png", f"after RECE ({recipe.epochs} epochs)", seeds)
         res.patch.save(tmp / "patch.safetensors")
         (tmp / "report.json").write_text(json.dumps({"recipe": recipe.as_dict(), "rows": rows}, indent=2) + "\n")
-        _commit_out(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -21,15 +21,15 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from rece_lite import closed_form as cf
 from rece_lite import layers
+from rece_lite.files import save_tensors
 from rece_lite.pipeline import check_supported, encode, last_subject_index
 
 Item = str | torch.Tensor
@@ -93,11 +93,8 @@ class Patch:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as safetensors, atomically (a temp file renamed into place)."""
-        path = Path(path)
         meta = {"rece_lite.fingerprint": self.fingerprint, "rece_lite.metadata": json.dumps(self.metadata)}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.weights.items()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        save_tensors(self.weights, path, meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Patch:
@@ -211,7 +208,8 @@ def _preserve_rows(pipe, preserve: list[Item], d: int, tokens: Tokens) -> torch.
     return torch.cat(rows) if rows else torch.zeros(0, d, dtype=torch.float64)
 
 
-def _metadata(method: str, **settings) -> dict[str, str]:
+def edit_metadata(method: str, **settings) -> dict[str, str]:
+    """What a Patch records about the edit that made it: method, settings, package version."""
     from rece_lite import __version__
 
     return {"method": method, "version": __version__, **{k: str(v) for k, v in settings.items()}}
@@ -251,7 +249,7 @@ def uce_erase(
     ce, cg = _erase_guide_rows(pipe, _as_list(erase), _as_list(guide), d, tokens)
     cp = _preserve_rows(pipe, _as_list(preserve), d, tokens)
     M = cf.uce_map(torch.cat(ce), torch.cat(cg), cp, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale)
-    meta = _metadata("uce", lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale, tokens=tokens)
+    meta = edit_metadata("uce", lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale, tokens=tokens)
     return _apply_map(pipe, M, meta)
 
 
@@ -405,6 +403,6 @@ def rece_erase(
     del H, K  # free the Gram matrices before the new weights are allocated
     te = pipe.text_encoder
     derived = [x.to(te.device, te.dtype) for x in derived]
-    meta = _metadata("rece", epochs=epochs, reg=reg, reg_scale=reg_scale, tokens=tokens, **uce)
+    meta = edit_metadata("rece", epochs=epochs, reg=reg, reg_scale=reg_scale, tokens=tokens, **uce)
     patch = _apply_map(pipe, Q, meta)
     return ReceResult(patch, derived, time.perf_counter() - t0, maps)

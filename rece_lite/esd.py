@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from rece_lite import layers
 from rece_lite.attacks import default_prompts, image_latents
-from rece_lite.erase import Patch, _metadata
+from rece_lite.erase import Patch, edit_metadata
 from rece_lite.pipeline import check_supported, encode, sample
 
 
@@ -151,6 +151,6 @@ def esd_erase(
             p.grad = None
             p.requires_grad_(f)
     trained = "attn2.to_k, attn2.to_v"
-    meta = _metadata("esd-x", eta=eta, steps=steps, lr=lr, batch=batch, prompts=list(prompts), trained=trained)
+    meta = edit_metadata("esd-x", eta=eta, steps=steps, lr=lr, batch=batch, prompts=list(prompts), trained=trained)
     patch = Patch({name: m.weight.detach().clone() for name, m in mods.items()}, layers.fingerprint(unet), meta)
     return EsdResult(patch, time.perf_counter() - t0, tuple(losses))

@@ -64,18 +64,6 @@ def _pipeline_class():
     return StableDiffusionPipeline
 
 
-def _dtype_kw() -> str:
-    """diffusers renamed ``torch_dtype`` to ``dtype`` (0.36); accept both generations."""
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
-    except ImportError:
-        return "torch_dtype"
-    return "dtype"
-
-
-_DTYPE_KW = _dtype_kw()
-
-
 def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None):
     """A ``StableDiffusionPipeline`` ready to sample and to edit.
 
@@ -102,7 +90,7 @@ def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = Non
     try:
         with _quiet():
             pipe = StableDiffusionPipeline.from_pretrained(
-                source, local_files_only=local or offline, **{_DTYPE_KW: dtype}
+                source, local_files_only=local or offline, dtype=dtype
             )
     except (OSError, ValueError) as e:
         where = (

@@ -13,6 +13,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditi
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from rece_lite.sd14 import SD14_SCHEDULER
 from rece_lite.tiny import world
 
 MAX_LENGTH = 16  # tokens per prompt, padding included (SD 1.4: 77)
@@ -20,13 +21,8 @@ TEXT_WIDTH = 64  # text-embedding width d (SD 1.4: 768)
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
 # SD 1.x's noise schedule, so that the same sampler settings make sense on both.
-SCHEDULE = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-)
+SCHEDULE = {k: SD14_SCHEDULER[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")}
+SCHEDULE["clip_sample"] = False
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -26,19 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from rece_lite.files import new_dir_for, replace_dir, save_tensors
 from rece_lite.tiny import model as tm
 from rece_lite.tiny import world
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
 
 
 def _gen(seed: int, step: int) -> torch.Generator:
@@ -80,7 +74,7 @@ def train_vae(
             psnr = 10 * math.log10(4.0 / F.mse_loss(rec, x).item())
             bar.set_postfix(psnr=f"{psnr:.1f}dB")
     vae.cpu()
-    _atomic_save(vae.state_dict(), path)
+    save_tensors(vae.state_dict(), path)
     return vae
 
 
@@ -113,7 +107,7 @@ def train_classifier(steps: int, batch: int, seed: int, out: Path) -> None:
         sched.step()
         if k % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    _atomic_save(net.state_dict(), out)
+    save_tensors(net.state_dict(), out)
 
 
 def classifier_batch(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,7 +198,7 @@ def train_diffusion(
         for i, s in opt.state_dict()["state"].items():
             for n in ("step", "exp_avg", "exp_avg_sq"):
                 st[f"opt.{i}.{n}"] = torch.as_tensor(s[n])
-        _atomic_save(st, state_path)
+        save_tensors(st, state_path)
 
     unet.train()
     te.train()
@@ -255,24 +249,10 @@ def export_pipeline(vae, unet, te, scaling_factor: float, out: Path, info: dict)
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
-        shutil.rmtree(tmp)
+    tmp = new_dir_for(out)
     pipe.save_pretrained(tmp)
     (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    if out.exists():
-        import shutil
-
-        old = out.with_name(out.name + ".old")
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, out)
+    replace_dir(tmp, out)
 
 
 def main(argv: list[str] | None = None) -> None:
