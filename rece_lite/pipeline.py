@@ -64,6 +64,29 @@ def _pipeline_class():
     return StableDiffusionPipeline
 
 
+def assemble_pipeline(*, unet, text_encoder, tokenizer, vae, scheduler):
+    """A ``StableDiffusionPipeline`` from its parts: no safety checker, progress bar off, parts in eval mode.
+
+    The one place the pipeline's eight constructor arguments are spelled out (the miniature
+    model's training export, the random-weight SD 1.4 pipeline and the tests all use it).
+    """
+    StableDiffusionPipeline = _pipeline_class()
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,  # the miniature model draws coloured shapes; random weights draw noise
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    for part in (pipe.unet, pipe.text_encoder, pipe.vae):
+        part.eval()  # as from_pretrained leaves them
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None):
     """A ``StableDiffusionPipeline`` ready to sample and to edit.
 

@@ -121,10 +121,11 @@ def random_sd14_pipeline(text_layers: int = 12, seed: int = 0):
     Returns:
         A float32 pipeline on the CPU, in eval mode, progress bars off.
     """
-    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from rece_lite.tiny.model import build_tokenizer
+    from rece_lite.pipeline import assemble_pipeline
+    from rece_lite.tiny.tokenizer import build_tokenizer
 
     if text_layers < 1:
         raise ValueError(f"text_layers must be >= 1, got {text_layers}")
@@ -141,17 +142,10 @@ def random_sd14_pipeline(text_layers: int = 12, seed: int = 0):
         pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(seed)
-    pipe = StableDiffusionPipeline(
+    return assemble_pipeline(
         vae=_small_vae(),
         text_encoder=CLIPTextModel(CLIPTextConfig(**text_cfg)),
         tokenizer=tok,
         unet=UNet2DConditionModel(**sd14_unet_config()),
         scheduler=PNDMScheduler(**SD14_SCHEDULER),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
     )
-    for part in (pipe.unet, pipe.text_encoder, pipe.vae):
-        part.eval()  # as from_pretrained leaves them
-    pipe.set_progress_bar_config(disable=True)
-    return pipe

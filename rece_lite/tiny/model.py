@@ -2,49 +2,27 @@
 
 The classes are exactly SD 1.4's (``AutoencoderKL``, ``UNet2DConditionModel``,
 ``CLIPTextModel``, a tokenizer that ``AutoTokenizer`` loads, a DDIM scheduler);
-only the sizes are tiny.  :func:`build_components` returns untrained parts; the
+only the sizes are tiny.  :func:`build_pipeline` returns an untrained pipeline; the
 training script (:mod:`rece_lite.tiny.train`) fits them and saves a
 ``StableDiffusionPipeline`` with ``save_pretrained``.
 """
 
 from __future__ import annotations
 
+import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+from transformers import CLIPTextConfig, CLIPTextModel
 
+from rece_lite.pipeline import assemble_pipeline
 from rece_lite.sd14 import SD14_SCHEDULER
 from rece_lite.tiny import world
+from rece_lite.tiny.tokenizer import BOS, EOS, MAX_LENGTH, UNK, build_tokenizer
 
-MAX_LENGTH = 16  # tokens per prompt, padding included (SD 1.4: 77)
 TEXT_WIDTH = 64  # text-embedding width d (SD 1.4: 768)
-BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 
 # SD 1.x's noise schedule, so that the same sampler settings make sense on both.
 SCHEDULE = {k: SD14_SCHEDULER[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")}
 SCHEDULE["clip_sample"] = False
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level tokenizer over the world's vocabulary, CLIP's special tokens.
-
-    As in SD 1.4, prompts start with BOS, end with EOS and are padded with EOS.
-    """
-    vocab = {BOS: 0, EOS: 1, UNK: 2}
-    for w in world.vocabulary():
-        vocab[w] = len(vocab)
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A {EOS}", special_tokens=[(BOS, 0), (EOS, 1)])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=EOS,
-        model_max_length=MAX_LENGTH,
-    )
 
 
 def build_text_encoder(vocab_size: int) -> CLIPTextModel:
@@ -101,3 +79,22 @@ def train_scheduler() -> DDPMScheduler:
 
 def sample_scheduler() -> DDIMScheduler:
     return DDIMScheduler(**SCHEDULE, set_alpha_to_one=False, steps_offset=1)
+
+
+def build_pipeline(seed: int = 0):
+    """The miniature model's architecture with random weights (for tests; training fits these parts)."""
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    return assemble_pipeline(
+        unet=build_unet(),
+        text_encoder=build_text_encoder(len(tok)),
+        tokenizer=tok,
+        vae=build_vae(),
+        scheduler=sample_scheduler(),
+    )
+
+
+__all__ = [
+    "BOS", "EOS", "MAX_LENGTH", "TEXT_WIDTH", "UNK", "build_pipeline", "build_text_encoder", "build_tokenizer",
+    "build_unet", "build_vae", "sample_scheduler", "train_scheduler",
+]  # fmt: skip

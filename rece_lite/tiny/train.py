@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from rece_lite.files import new_dir_for, replace_dir, save_tensors
+from rece_lite.pipeline import assemble_pipeline
 from rece_lite.tiny import model as tm
 from rece_lite.tiny import world
 
@@ -236,18 +237,9 @@ def train_diffusion(
 
 def export_pipeline(vae, unet, te, scaling_factor: float, out: Path, info: dict) -> None:
     """Write a real ``StableDiffusionPipeline`` with ``save_pretrained`` (atomically)."""
-    from diffusers import StableDiffusionPipeline
-
     vae.register_to_config(scaling_factor=scaling_factor)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=te,
-        tokenizer=tm.build_tokenizer(),
-        unet=unet,
-        scheduler=tm.sample_scheduler(),
-        safety_checker=None,  # this model draws coloured shapes; there is nothing to check
-        feature_extractor=None,
-        requires_safety_checker=False,
+    pipe = assemble_pipeline(
+        vae=vae, text_encoder=te, tokenizer=tm.build_tokenizer(), unet=unet, scheduler=tm.sample_scheduler()
     )
     tmp = new_dir_for(out)
     pipe.save_pretrained(tmp)
