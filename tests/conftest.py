@@ -14,7 +14,7 @@ def random_tiny_pipeline(seed: int = 0):
     """The miniature model's architecture with random weights (no checkpoint needed)."""
     from rece_lite.tiny.model import build_pipeline
 
-    return build_pipeline(seed)
+    return build_pipeline(seed=seed)
 
 
 @pytest.fixture

@@ -81,7 +81,7 @@ def sample_scheduler() -> DDIMScheduler:
     return DDIMScheduler(**SCHEDULE, set_alpha_to_one=False, steps_offset=1)
 
 
-def build_pipeline(seed: int = 0):
+def build_pipeline(*, seed: int = 0):
     """The miniature model's architecture with random weights (for tests; training fits these parts)."""
     torch.manual_seed(seed)
     tok = build_tokenizer()
