@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rece_lite.erase import Patch, snapshot
-from rece_lite.pipeline import encode, sample
+from rece_lite.pipeline import encode, image_latents, sample
 
 Judge = Callable[[np.ndarray], Sequence[bool]]
 Space = Literal["input", "output"]
@@ -280,18 +280,6 @@ def encode_with_tokens(pipe, ids: torch.Tensor, slots: torch.Tensor, tokens: tor
         return pipe.text_encoder(ids)[0]
     finally:
         handle.remove()
-
-
-@torch.no_grad()
-def image_latents(pipe, images: np.ndarray, batch: int = 64) -> torch.Tensor:
-    """The VAE's latents (scaled as the UNet sees them) of (n, H, W, 3) uint8 pictures."""
-    vae = pipe.vae
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-    out = [
-        vae.encode(x[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean
-        for i in range(0, len(x), batch)
-    ]
-    return torch.cat(out) * vae.config.scaling_factor
 
 
 def original_images(

@@ -174,11 +174,18 @@ def concept_of(word: str) -> tuple[str, str]:
     raise ValueError(f"unknown concept {word!r} for the tiny model; known concepts: {known} (or their synonyms)")
 
 
-def share_with(labels: Labels, concept: str) -> float:
-    """Share of pictures labelled with ``concept`` (a colour or a shape)."""
+def share_showing(labels: Labels, concept: str) -> float:
+    """Share of pictures that show ``concept`` (a colour or a shape, or a synonym of one).
+
+    For pictures from prompts of an erased concept this is what is left of it (lower is
+    better); for an attack's pictures, its success rate.
+    """
     kind, name = concept_of(concept)
     seen = labels.colours if kind == "colour" else labels.shapes
     return float(np.mean([s == name for s in seen])) if seen else float("nan")
+
+
+share_with = share_showing  # the first landing's name (notebooks 03-05 used it)
 
 
 def accuracy(labels: Labels, shapes: Sequence[str | None], colours: Sequence[str | None]) -> dict[str, float]:

@@ -225,3 +225,17 @@ def _latents(pipe, gens: list[torch.Generator]) -> torch.Tensor:
     size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
     z = torch.stack([torch.randn(c.in_channels, size, size, generator=g) for g in gens])
     return z.to(pipe.unet.device, pipe.unet.dtype)
+
+
+@torch.no_grad()
+def image_latents(pipe, images, batch: int = 64) -> torch.Tensor:
+    """The VAE's latents (scaled as the UNet sees them) of (n, H, W, 3) uint8 pictures."""
+    import numpy as np
+
+    vae = pipe.vae
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    out = [
+        vae.encode(x[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean
+        for i in range(0, len(x), batch)
+    ]
+    return torch.cat(out) * vae.config.scaling_factor
