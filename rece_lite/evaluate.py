@@ -25,11 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rece_lite.paths import classifier_path
 from rece_lite.tiny import world
 
 SHAPE_LABELS: tuple[str, ...] = (*world.SHAPES, "none")
 COLOUR_LABELS: tuple[str, ...] = (*world.COLOURS, "none", "other")
-CLASSIFIER_PATH = Path(__file__).resolve().parents[1] / "data" / "shape_classifier.safetensors"
+CLASSIFIER_PATH = classifier_path()
 
 
 def _hue(rgb: np.ndarray) -> np.ndarray:
