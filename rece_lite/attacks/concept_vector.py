@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from rece_lite.attacks import checks
+import rece_lite.attacks.checks as checks
 from rece_lite.attacks.result import ConceptVectorResult, Judge, concept_word, default_prompts, generate, judge_images
 from rece_lite.pipeline import check_prompts, encode
 from rece_lite.tiny.world import without_word

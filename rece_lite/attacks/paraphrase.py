@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from rece_lite.attacks import checks
+import rece_lite.attacks.checks as checks
 from rece_lite.attacks.result import AttackResult, Judge, default_prompts, generate, judge_images
 from rece_lite.pipeline import check_prompts
 

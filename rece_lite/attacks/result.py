@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+import rece_lite.attacks.checks as checks
 from rece_lite import evaluate as ev
-from rece_lite.attacks import checks
 from rece_lite.pipeline import sample
 from rece_lite.tiny.world import has_word
 

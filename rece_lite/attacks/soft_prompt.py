@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from rece_lite.attacks import checks
+import rece_lite.attacks.checks as checks
 from rece_lite.attacks.result import Judge, SoftPromptResult, concept_word, default_prompts, generate, judge_images
 from rece_lite.erase import Patch
 from rece_lite.pipeline import check_prompts, encode, image_latents, sample
