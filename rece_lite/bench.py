@@ -239,7 +239,7 @@ def run(
             edits[name].patch.apply(pipe)
             erased = sample(pipe, named, seeds=seeds, **kw)
             found = atk.run_attacks(
-                pipe, c.name, original=snap, seeds=seeds, sample_steps=steps, soft_prompt_kw=sp_kw,
+                pipe, c.name, original=snap, seeds=seeds, steps=steps, soft_prompt_kw=sp_kw,
                 concept_vector_kw=concept_vector_kw, progress=progress,
             )  # fmt: skip
             imgs = sample(pipe, others, seeds=seeds, **kw)

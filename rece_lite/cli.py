@@ -193,7 +193,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         report = bench.run(
             pipe, concept.name, seeds=range(args.seeds), steps=args.steps, repeats=args.repeats,
             esd_kw={} if args.esd_steps is None else {"steps": args.esd_steps},
-            soft_prompt_kw={} if args.attack_steps is None else {"steps": args.attack_steps},
+            soft_prompt_kw={} if args.attack_steps is None else {"opt_steps": args.attack_steps},
             model=str(args.model), command="rece-lite " + " ".join(args.argv),
         )  # fmt: skip
         bench.write(report, tmp)

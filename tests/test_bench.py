@@ -10,20 +10,9 @@ import torch
 
 from rece_lite import attacks as atk
 from rece_lite import bench
-from rece_lite import evaluate as ev
 from rece_lite.tiny.model import build_pipeline
 
 SOFT = dict(opt_steps=4, batch=4, targets_per_prompt=1, steps=2)  # a soft-prompt attack in seconds
-
-
-@pytest.fixture
-def classifier(monkeypatch):
-    """The shipped shape CNN where it exists, else a seeded random one (same architecture)."""
-    if not ev.CLASSIFIER_PATH.exists():
-        torch.manual_seed(0)
-        net = ev.ShapeNet().eval()
-        monkeypatch.setattr(ev, "shape_classifier", lambda *a, **k: net)
-    return ev.shape_classifier()
 
 
 def _state(module) -> dict[str, torch.Tensor]:
@@ -46,34 +35,51 @@ def test_kernel_distance_matches_a_brute_force_sum():
     assert abs(bench.kernel_distance(big[:200], big[200:])) < 0.2 * bench.kernel_distance(big[:200], big[200:] + 1)
 
 
-def test_bench_writes_json_markdown_and_png(rand_pipe, classifier, tmp_path):
-    before = _state(rand_pipe.unet)
-    report = bench.run(
-        rand_pipe, "red", seeds=[0, 1], steps=2, repeats=1, progress=False,
+@pytest.fixture(scope="module")
+def report():
+    """One small bench run on a random-weight miniature pipeline (seconds, not minutes)."""
+    pipe = build_pipeline(seed=0)
+    before = _state(pipe.unet)
+    rep = bench.run(
+        pipe, "red", seeds=[0, 1], steps=2, repeats=1, progress=False,
         esd_kw=dict(steps=2, images_per_prompt=1, sample_steps=2), soft_prompt_kw=SOFT,
     )  # fmt: skip
-    assert not _changed(before, _state(rand_pipe.unet))  # the original weights are back
-    assert list(report["rows"]) == list(bench.MODELS)
-    for name, row in report["rows"].items():
-        assert set(row["attacks"]) == set(atk.ATTACKS)
-        assert 0 <= row["erasure"] <= 1 and np.isfinite(row["kid"])
-        assert (row["seconds"] is None) == (name == "original")
-    bench.write(report, tmp_path)
+    return rep, _changed(before, _state(pipe.unet))
+
+
+def test_bench_puts_the_original_weights_back(report):
+    assert report[1] == set()
+
+
+def test_bench_has_one_row_per_model_in_order(report):
+    assert list(report[0].rows) == list(bench.MODELS)
+
+
+@pytest.mark.parametrize("model", bench.MODELS)
+def test_every_row_has_every_attack(report, model):
+    assert set(report[0].rows[model].attacks) == set(atk.ATTACKS)
+
+
+@pytest.mark.parametrize("model", bench.MODELS)
+def test_every_row_has_shares_and_a_finite_distance(report, model):
+    row = report[0].rows[model]
+    assert 0 <= row.showing <= 1
+    assert np.isfinite(row.kid)
+
+
+@pytest.mark.parametrize("model", bench.MODELS)
+def test_only_the_original_has_no_edit_time(report, model):
+    assert (report[0].rows[model].seconds is None) == (model == "original")
+
+
+def test_write_gives_json_markdown_and_png(report, tmp_path):
+    bench.write(report[0], tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"bench.json", "bench.md", "bench.png"}
     assert json.loads((tmp_path / "bench.json").read_text())["rows"]["RECE"]["seconds"] > 0
-    md = (tmp_path / "bench.md").read_text()
-    assert md.startswith("| model | erasure ↓ | paraphrase ↓") and "| ESD-x |" in md
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_command(classifier, tmp_path, capsys):
-    build_pipeline(seed=0).save_pretrained(tmp_path / "model")
-    out = tmp_path / "out"
-    args = ["--model", str(tmp_path / "model"), "--seeds", "2", "--steps", "2", "--repeats", "1",
-            "--esd-steps", "2", "--attack-steps", "2", "--out", str(out)]  # fmt: skip
-    assert bench.main(args) == 0
-    assert {p.name for p in out.iterdir()} == {"bench.json", "bench.md", "bench.png"}
-    assert "| RECE |" in capsys.readouterr().out
-    assert bench.main(args) == 2 and "--force" in capsys.readouterr().err  # never overwrites silently
-    assert bench.main(["--concept", "dog", "--out", str(tmp_path / "x")]) == 2
-    assert "known concepts" in capsys.readouterr().err and not (tmp_path / "x").exists()
+def test_markdown_has_a_header_and_every_model(report):
+    md = bench.markdown(report[0])
+    assert md.startswith("| model | still showing ↓ | paraphrase ↓")
+    assert all(f"| {m} |" in md for m in bench.MODELS)
