@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 import rece_lite as rl
 from rece_lite import attacks as atk
 from rece_lite import evaluate as ev
-from rece_lite.pipeline import TINY_PATH, encode, sample
+from rece_lite.pipeline import encode, sample
 from rece_lite.tiny import world
 from rece_lite.tiny.model import build_pipeline
 
@@ -619,8 +619,7 @@ def test_every_attack_runs_on_cuda(dtype):
     assert [r.images.shape for r in out.values()] == [(4, 32, 32, 3)] * 3
 
 
-# ------------------------------------------------------------ the real model, if trained
-@pytest.mark.skipif(not (TINY_PATH / "model_index.json").exists(), reason="embedded model not trained yet")
+# ------------------------------------------------------------------------ the real model
 @pytest.mark.parametrize("attack", [atk.paraphrase_attack, atk.concept_vector_attack, atk.soft_prompt_attack])
 def test_attacks_are_real_on_the_original_model(attack):
     pipe = rl.load_pipeline("tiny", device="cpu")
