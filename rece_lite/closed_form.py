@@ -12,12 +12,19 @@ solved in float64 with ``torch.linalg.solve`` (never an explicit inverse): the
 matrices are ``λ I`` plus a low-rank Gram, badly conditioned, and float32
 solves drift by about a percent.  Results come back in the caller's dtype.
 
+Devices: each function solves on its inputs' device (:func:`solve_device`: the
+device itself where it has float64, as CUDA and the CPU do; the CPU for Apple's
+``mps``, which has none) and names that device for every tensor it creates.
+
 No diffusers here: these functions run on toy matrices (notebook 1) and on the
 stacked K/V weights of a real UNet alike.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -25,22 +32,43 @@ import torch
 Reg = Literal["zero", "standard", "surrogate"]
 REGULARISERS: tuple[str, ...] = ("zero", "standard", "surrogate")
 
+# device types without float64 arithmetic: their solves run on the CPU
+_NO_FLOAT64 = frozenset({"mps"})
+
 
 class SolveError(FloatingPointError):
     """A closed-form solve produced NaN or inf (nothing was changed)."""
 
 
-def _f64(x: torch.Tensor) -> torch.Tensor:
-    return x.detach().to(torch.float64)
+def solve_device(device: torch.device | str) -> torch.device:
+    """The device that float64 solves for tensors on ``device`` run on.
+
+    The device itself where it has float64 (the CPU, CUDA); the CPU for one that has
+    not (Apple ``mps``): results are moved back to the caller's device afterwards.
+    """
+    device = torch.device(device)
+    return torch.device("cpu") if device.type in _NO_FLOAT64 else device
 
 
-def _rows(x: torch.Tensor | None, d: int) -> torch.Tensor:
-    """(n, d) float64; None or an empty tensor gives (0, d)."""
+def _f64(x: torch.Tensor, device: torch.device, what: str) -> torch.Tensor:
+    """``x`` as float64 on ``device``: moved first, so a device without float64 never holds it."""
+    if x.is_complex():
+        raise TypeError(f"{what} is a complex tensor ({x.dtype}); the closed forms take real tensors")
+    return x.detach().to(device).to(torch.float64)
+
+
+def _back(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``like``'s dtype and on its device (cast where ``x`` is, then moved)."""
+    return x.to(like.dtype).to(like.device)
+
+
+def _rows(x: torch.Tensor | None, d: int, device: torch.device, what: str) -> torch.Tensor:
+    """(n, d) float64 on ``device``; None or an empty tensor gives (0, d)."""
     if x is None or x.numel() == 0:
-        return torch.zeros(0, d, dtype=torch.float64)
-    x = _f64(x).reshape(-1, x.shape[-1])
+        return torch.zeros(0, d, dtype=torch.float64, device=device)
+    x = _f64(x, device, what).reshape(-1, x.shape[-1])
     if x.shape[1] != d:
-        raise ValueError(f"embeddings have width {x.shape[1]}, expected {d}")
+        raise ValueError(f"{what} embeddings have width {x.shape[1]}, expected {d}")
     return x
 
 
@@ -53,11 +81,30 @@ def _check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-def _check_scales(lamb: float, erase_scale: float, preserve_scale: float) -> None:
-    if not lamb > 0:
+def _number(name: str, value: object) -> float:
+    """``value`` as a float, if it is a finite real number (not a bool, a string or a tensor)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    return float(value)
+
+
+def check_uce_settings(lamb: float, erase_scale: float, preserve_scale: float) -> None:
+    """Refuse UCE settings the closed form cannot use, naming the argument."""
+    if not _number("lamb", lamb) > 0:
         raise ValueError(f"lamb must be > 0 (it keeps the solve well-posed), got {lamb}")
-    if erase_scale < 0 or preserve_scale < 0:
-        raise ValueError(f"erase_scale and preserve_scale must be >= 0, got {erase_scale}, {preserve_scale}")
+    for name, value in (("erase_scale", erase_scale), ("preserve_scale", preserve_scale)):
+        if _number(name, value) < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+
+
+def check_derivation_settings(reg: str, reg_scale: float) -> None:
+    """Refuse a regulariser or λ' the RECE derivation cannot use, naming the argument."""
+    if reg not in REGULARISERS:
+        raise ValueError(f"reg must be one of {REGULARISERS}, got {reg!r}")
+    if _number("reg_scale", reg_scale) < 0 or (reg != "surrogate" and reg_scale == 0):
+        raise ValueError(f"reg_scale must be > 0 for reg={reg!r}, got {reg_scale}")
 
 
 def uce_weights(
@@ -86,18 +133,18 @@ def uce_weights(
         preserve_scale: s_p ≥ 0.
 
     Returns:
-        (out, d) the edited weights, in ``W``'s dtype.
+        (out, d) the edited weights, in ``W``'s dtype, on its device.
     """
-    _check_scales(lamb, erase_scale, preserve_scale)
-    d = W.shape[1]
-    W64, ce, cp = _f64(W), _rows(erase, d), _rows(preserve, d)
-    v = _f64(targets).reshape(-1, W.shape[0])
+    check_uce_settings(lamb, erase_scale, preserve_scale)
+    dev, d = solve_device(W.device), W.shape[1]
+    W64, ce, cp = _f64(W, dev, "W"), _rows(erase, d, dev, "erase"), _rows(preserve, d, dev, "preserve")
+    v = _f64(targets, dev, "targets").reshape(-1, W.shape[0])
     if v.shape[0] != ce.shape[0]:
         raise ValueError(f"{ce.shape[0]} erase embeddings but {v.shape[0]} targets")
-    A = lamb * torch.eye(d, dtype=torch.float64) + erase_scale * ce.T @ ce + preserve_scale * cp.T @ cp
+    A = lamb * torch.eye(d, dtype=torch.float64, device=dev) + erase_scale * ce.T @ ce + preserve_scale * cp.T @ cp
     B = lamb * W64 + erase_scale * v.T @ ce + preserve_scale * (W64 @ cp.T) @ cp
     # W' = B A⁻¹  <=>  A W'ᵀ = Bᵀ (A is symmetric)
-    return _check_finite(torch.linalg.solve(A, B.T).T, "the UCE solve").to(W.dtype)
+    return _back(_check_finite(torch.linalg.solve(A, B.T).T, "the UCE solve"), W)
 
 
 def uce_map(
@@ -124,11 +171,11 @@ def uce_map(
         preserve: (m, d) preserve embeddings c_j.
 
     Returns:
-        (d, d) float64.
+        (d, d) float64, on :func:`solve_device` of ``erase``'s device.
     """
-    _check_scales(lamb, erase_scale, preserve_scale)
-    d = erase.shape[-1]
-    ce, cg, cp = _rows(erase, d), _rows(guide, d), _rows(preserve, d)
+    check_uce_settings(lamb, erase_scale, preserve_scale)
+    dev, d = solve_device(erase.device), erase.shape[-1]
+    ce, cg, cp = _rows(erase, d, dev, "erase"), _rows(guide, d, dev, "guide"), _rows(preserve, d, dev, "preserve")
     if cg.shape != ce.shape:
         raise ValueError(
             f"erase and guide embeddings must align row by row, got {tuple(ce.shape)} and {tuple(cg.shape)}"
@@ -148,21 +195,23 @@ def gram(weights: list[torch.Tensor], others: list[torch.Tensor] | None = None) 
         others: (out_l, d) matrices V_l, one per W_l.
 
     Returns:
-        (d, d) float64.
+        (d, d) float64, on :func:`solve_device` of the first matrix's device.
     """
     if not weights:
         raise ValueError("no matrices given")
-    d = weights[0].shape[1]
-    acc = torch.zeros(d, d, dtype=torch.float64)
+    if others is not None and len(others) != len(weights):
+        raise ValueError(f"{len(weights)} weights but {len(others)} others")
+    dev, d = solve_device(weights[0].device), weights[0].shape[1]
+    acc = torch.zeros(d, d, dtype=torch.float64, device=dev)
     for i, w in enumerate(weights):
-        w64 = _f64(w)
-        acc += w64.T @ (w64 if others is None else _f64(others[i]))
+        w64 = _f64(w, dev, "weights")
+        acc += w64.T @ (w64 if others is None else _f64(others[i], dev, "others"))
     return acc
 
 
 def derive_embedding(
     H: torch.Tensor,
-    K: torch.Tensor,
+    K: torch.Tensor | None,
     concept: torch.Tensor,
     *,
     reg: Reg = "zero",
@@ -197,30 +246,75 @@ def derive_embedding(
             ``Σ_l W_lᵀ (W_l^orig cᵀ)`` directly costs T columns instead of d.
 
     Returns:
-        (T, d) c', in ``concept``'s dtype.
+        (T, d) c', in ``concept``'s dtype, on its device.
     """
-    if reg not in REGULARISERS:
-        raise ValueError(f"reg must be one of {REGULARISERS}, got {reg!r}")
-    if reg_scale < 0 or (reg != "surrogate" and reg_scale == 0):
-        raise ValueError(f"reg_scale must be > 0 for reg={reg!r}, got {reg_scale}")
-    d = H.shape[0]
-    c = _rows(concept, d)
-    H64 = _f64(H)
-    rhs = _f64(Kc) if Kc is not None else _f64(K) @ c.T  # (d, T)
+    check_derivation_settings(reg, reg_scale)
+    if K is None and Kc is None:
+        raise ValueError("give K (Σ W_lᵀ W_l^orig) or Kc (K @ concept.T)")
+    dev, d = solve_device(H.device), H.shape[0]
+    c = _rows(concept, d, dev, "concept")
+    H64 = _f64(H, dev, "H")
+    rhs = _f64(Kc, dev, "Kc") if Kc is not None else _f64(K, dev, "K") @ c.T  # (d, T)
     if reg == "surrogate":
         A = (1 + reg_scale) * H64
         rhs = rhs + reg_scale * H64 @ c.T
     else:
-        A = reg_scale * torch.eye(d, dtype=torch.float64) + H64
+        A = reg_scale * torch.eye(d, dtype=torch.float64, device=dev) + H64
         if reg == "standard":
             if old_target is None:
                 raise ValueError("reg='standard' needs old_target= (the embedding of the old target concept)")
-            old = _rows(old_target, d)
+            old = _rows(old_target, d, dev, "old_target")
             if old.shape != c.shape:
                 raise ValueError(f"old_target must have the concept's shape {tuple(c.shape)}, got {tuple(old.shape)}")
             rhs = rhs + reg_scale * old.T
     out = _check_finite(torch.linalg.solve(A, rhs).T, "the RECE derivation")
-    return out.reshape(concept.shape).to(concept.dtype)
+    return _back(out.reshape(concept.shape), concept)
+
+
+@dataclass(frozen=True, eq=False)
+class Grams:
+    """RECE's running state: the Gram matrices of the current weights, kept up to date by algebra.
+
+    With ``W_l`` the current K/V matrices and ``W_l^orig`` the original ones,
+
+        H = Σ_l W_lᵀ W_l,    K = Σ_l W_lᵀ W_l^orig,
+
+    and ``Q`` the product of the edits made since :meth:`start`.  An edit ``W_l ← W_l M``
+    takes the state to ``H ← Mᵀ H M``, ``K ← Mᵀ K``, ``Q ← Q M`` (:meth:`after`), so a
+    whole RECE run reads the UNet's matrices once, to start, and writes them once, ``W · Q``.
+
+    Attributes:
+        H: (d, d) float64.
+        K: (d, d) float64.
+        Q: (d, d) float64; the identity at the start.
+    """
+
+    H: torch.Tensor
+    K: torch.Tensor
+    Q: torch.Tensor
+
+    @classmethod
+    def start(cls, H: torch.Tensor, K: torch.Tensor | None = None) -> Grams:
+        """The state before this run's first edit.
+
+        Args:
+            H: (d, d) ``Σ W_lᵀ W_l`` of the current matrices (see :func:`gram`).
+            K: (d, d) ``Σ W_lᵀ W_l^orig``; default ``H`` (the current matrices are the original).
+        """
+        eye = torch.eye(H.shape[0], dtype=torch.float64, device=H.device)
+        return cls(H, H if K is None else K, eye)
+
+    def after(self, M: torch.Tensor) -> Grams:
+        """The state after the edit ``W_l ← W_l M`` of every matrix.
+
+        Args:
+            M: (d, d) float64, e.g. :func:`uce_map`.
+        """
+        return Grams(M.T @ self.H @ M, M.T @ self.K, self.Q @ M)
+
+    def derive(self, concept: torch.Tensor, **settings) -> torch.Tensor:
+        """:func:`derive_embedding` against this state (``settings``: reg, reg_scale, old_target)."""
+        return derive_embedding(self.H, self.K, concept, **settings)
 
 
 def residual(H: torch.Tensor, K: torch.Tensor, G: torch.Tensor, c_new: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -228,6 +322,7 @@ def residual(H: torch.Tensor, K: torch.Tensor, G: torch.Tensor, c_new: torch.Ten
 
     Expanding the square: c'ᵀ H c' − 2 c'ᵀ K c + cᵀ G c, with ``G = Σ W_l^origᵀ W_l^orig``.
     """
-    x, y = _f64(c_new).reshape(-1, H.shape[0]), _f64(c).reshape(-1, H.shape[0])
-    H64, K64, G64 = _f64(H), _f64(K), _f64(G)
+    dev, d = solve_device(H.device), H.shape[0]
+    x, y = _f64(c_new, dev, "c_new").reshape(-1, d), _f64(c, dev, "c").reshape(-1, d)
+    H64, K64, G64 = _f64(H, dev, "H"), _f64(K, dev, "K"), _f64(G, dev, "G")
     return ((x @ H64) * x).sum(1) - 2 * ((x @ K64) * y).sum(1) + ((y @ G64) * y).sum(1)

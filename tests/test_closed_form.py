@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -132,21 +134,103 @@ def test_residual_from_grams_matches_explicit_sum_and_drops():
     assert (cf.residual(H, K, G, c_new, c) < cf.residual(H, K, G, c, c)).all()
 
 
-def test_bad_input_is_refused_with_a_reason():
-    W, ce, cg, cp = _toy(6)
-    with pytest.raises(ValueError, match="lamb"):
-        cf.uce_map(ce, cg, cp, lamb=0.0)
-    with pytest.raises(ValueError, match=">= 0"):
-        cf.uce_map(ce, cg, cp, erase_scale=-1.0)
-    with pytest.raises(ValueError, match="align"):
-        cf.uce_map(ce, cg[:2], cp)
-    with pytest.raises(ValueError, match="width"):
-        cf.uce_map(ce, cg, torch.randn(2, D + 1, dtype=torch.float64))
-    with pytest.raises(ValueError, match="old_target"):
-        cf.derive_embedding(cf.gram([W]), cf.gram([W]), ce, reg="standard")
-    with pytest.raises(ValueError, match="reg must be"):
-        cf.derive_embedding(cf.gram([W]), cf.gram([W]), ce, reg="ridge")
-    bad = ce.clone()
+def test_grams_after_an_edit_equal_the_grams_of_the_edited_matrices():
+    orig, _, _ = _layers(3)
+    g = torch.Generator().manual_seed(4)
+    eye = torch.eye(D, dtype=torch.float64)
+    maps = [eye + 0.2 * torch.randn(D, D, generator=g, dtype=torch.float64) for _ in range(3)]
+    state, cur = cf.Grams.start(cf.gram(orig)), orig
+    for M in maps:
+        state, cur = state.after(M), [w @ M for w in cur]
+    torch.testing.assert_close(state.H, cf.gram(cur), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state.K, cf.gram(cur, orig), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(state.Q, maps[0] @ maps[1] @ maps[2], rtol=1e-12, atol=1e-12)
+
+
+def test_grams_start_from_the_current_matrices_with_the_identity():
+    orig, cur, _ = _layers(4)
+    state = cf.Grams.start(cf.gram(cur), cf.gram(cur, orig))
+    torch.testing.assert_close(state.Q, torch.eye(D, dtype=torch.float64))
+    torch.testing.assert_close(state.K, cf.gram(cur, orig))
+
+
+def test_grams_derive_is_the_derivation_against_its_state():
+    orig, cur, _ = _layers(5)
+    c = torch.randn(2, D, dtype=torch.float64)
+    state = cf.Grams.start(cf.gram(cur), cf.gram(cur, orig))
+    expected = cf.derive_embedding(cf.gram(cur), cf.gram(cur, orig), c, reg_scale=0.2)
+    torch.testing.assert_close(state.derive(c, reg_scale=0.2), expected, rtol=0, atol=0)
+
+
+def test_grams_are_a_frozen_value():
+    state = cf.Grams.start(torch.eye(D, dtype=torch.float64))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        state.H = torch.zeros(D, D, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "device, expected",
+    [("cpu", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1"), ("mps", "cpu"), (torch.device("mps"), "cpu")],
+)
+def test_solves_run_on_the_device_unless_it_lacks_float64(device, expected):
+    assert cf.solve_device(device) == torch.device(expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_results_come_back_in_the_callers_dtype(dtype):
+    W, ce, cg, cp = _toy(7)
+    out = cf.uce_weights(W.to(dtype), ce.to(dtype), (cg @ W.T).to(dtype), cp.to(dtype))
+    assert out.dtype == dtype
+
+
+_W, _CE, _CG, _CP = _toy(6)
+_H = cf.gram([_W])
+
+
+BAD_INPUT = {
+    "lamb = 0": (lambda: cf.uce_map(_CE, _CG, _CP, lamb=0.0), ValueError, "lamb must be > 0"),
+    "lamb NaN": (lambda: cf.uce_map(_CE, _CG, _CP, lamb=float("nan")), ValueError, "lamb must be finite"),
+    "lamb inf": (lambda: cf.uce_map(_CE, _CG, _CP, lamb=float("inf")), ValueError, "lamb must be finite"),
+    "lamb a string": (lambda: cf.uce_map(_CE, _CG, _CP, lamb="0.1"), TypeError, "lamb must be a number"),
+    "lamb a bool": (lambda: cf.uce_map(_CE, _CG, _CP, lamb=True), TypeError, "lamb must be a number"),
+    "erase_scale < 0": (lambda: cf.uce_map(_CE, _CG, _CP, erase_scale=-1.0), ValueError, "erase_scale must be >= 0"),
+    "erase_scale NaN": (
+        lambda: cf.uce_map(_CE, _CG, _CP, erase_scale=float("nan")), ValueError, "erase_scale must be finite"
+    ),
+    "preserve_scale inf": (
+        lambda: cf.uce_map(_CE, _CG, _CP, preserve_scale=float("inf")), ValueError, "preserve_scale must be finite"
+    ),
+    "preserve_scale < 0": (
+        lambda: cf.uce_weights(_W, _CE, _CG @ _W.T, preserve_scale=-1), ValueError, "preserve_scale must be >= 0"
+    ),
+    "guide misaligned": (lambda: cf.uce_map(_CE, _CG[:2], _CP), ValueError, "align"),
+    "preserve too wide": (
+        lambda: cf.uce_map(_CE, _CG, torch.randn(2, D + 1, dtype=torch.float64)), ValueError, "width"
+    ),
+    "complex erase": (lambda: cf.uce_map(_CE.to(torch.complex128), _CG, _CP), TypeError, "complex"),
+    "standard without old_target": (lambda: cf.derive_embedding(_H, _H, _CE, reg="standard"), ValueError, "old_target"),
+    "reg unknown": (lambda: cf.derive_embedding(_H, _H, _CE, reg="ridge"), ValueError, "reg must be"),
+    "reg_scale = 0": (lambda: cf.derive_embedding(_H, _H, _CE, reg_scale=0.0), ValueError, "reg_scale must be > 0"),
+    "reg_scale NaN": (
+        lambda: cf.derive_embedding(_H, _H, _CE, reg_scale=float("nan")), ValueError, "reg_scale must be finite"
+    ),
+    "reg_scale a string": (
+        lambda: cf.derive_embedding(_H, _H, _CE, reg_scale="1e-3"), TypeError, "reg_scale must be a number"
+    ),
+    "neither K nor Kc": (lambda: cf.derive_embedding(_H, None, _CE), ValueError, "give K"),
+    "no matrices": (lambda: cf.gram([]), ValueError, "no matrices"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_refused_with_a_reason(case):
+    call, error, match = BAD_INPUT[case]
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_non_finite_embeddings_are_a_solve_error():
+    bad = _CE.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(cf.SolveError, match="NaN"):
-        cf.uce_map(bad, cg, cp)
+        cf.uce_map(bad, _CG, _CP)
