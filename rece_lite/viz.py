@@ -1,17 +1,35 @@
-"""Pictures: image grids with labels (and, in the attention chapter, heat-map overlays)."""
+"""Pictures: image grids with labels, heat-map overlays and the attention explorer.
+
+matplotlib and ipywidgets are imported where a picture or a widget is made (the library
+works without a plotting backend).  Heat maps may live on any device; they are drawn from
+a CPU copy.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rece_lite.attention import layer_label, select_layers
 
 
 def to_array(images) -> np.ndarray:
-    """(n, H, W, 3) uint8 from a list of PIL images, a uint8 array or floats in [0, 1]."""
-    from rece_lite.evaluate import _as_array
-
-    return _as_array(images)
+    """(n, H, W, 3) uint8 from a list of PIL images, an array or tensor (uint8, or floats in [0, 1])."""
+    if isinstance(images, np.ndarray):
+        arr = images
+    elif isinstance(images, torch.Tensor):
+        arr = images.detach().cpu().numpy()
+    else:  # a list of PIL images, as pipelines return
+        arr = np.stack([np.asarray(im.convert("RGB")) for im in images])
+    if arr.dtype != np.uint8:  # floats in [0, 1]
+        arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if arr.ndim == 4 and arr.shape[1] == 3 and arr.shape[-1] != 3:
+        arr = arr.transpose(0, 2, 3, 1)
+    return arr
 
 
 def image_grid(
@@ -78,11 +96,15 @@ def _one_image(image) -> np.ndarray:
     return arr[0] if arr.ndim == 4 else arr
 
 
-def _upsampled(heat, size: tuple[int, int]) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
+def _gray(img: np.ndarray) -> np.ndarray:
+    """(H, W) luminance in [0, 1] of an (H, W, 3) uint8 picture."""
+    return img.astype(np.float32) @ np.array([0.299, 0.587, 0.114]) / 255
 
-    h = torch.as_tensor(np.asarray(heat.detach().cpu() if hasattr(heat, "detach") else heat), dtype=torch.float32)
+
+def _upsampled(heat, size: tuple[int, int]) -> np.ndarray:
+    h = torch.as_tensor(
+        np.asarray(heat.detach().cpu() if hasattr(heat, "detach") else heat), dtype=torch.float32, device="cpu"
+    )
     if h.ndim != 2:
         raise ValueError(f"heat must be one token's (h, w) map, e.g. store.token_maps()[i]; got shape {tuple(h.shape)}")
     return F.interpolate(h[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
@@ -143,7 +165,7 @@ def overlay(
     if ax is None:
         _, ax = plt.subplots(figsize=(2.2, 2.2))
     if gray:
-        ax.imshow(img.astype(np.float32) @ np.array([0.299, 0.587, 0.114]) / 255, cmap="gray", vmin=0, vmax=1)
+        ax.imshow(_gray(img), cmap="gray", vmin=0, vmax=1)
     else:
         ax.imshow(img, interpolation="nearest")
     ax.imshow(up, cmap=cmap, alpha=alpha, vmin=lo, vmax=max(hi, lo + 1e-12))
@@ -203,10 +225,8 @@ def attention_grid(
         layers: columns, as in ``store.token_maps(layer=...)`` (default: every recorded layer).
         step: one step, a list, or None for the average over steps.
     """
-    from rece_lite.attention import _select, layer_label
-
     ids = [_token_index(tokens, t) for t in (token_ids if token_ids is not None else word_positions(tokens))]
-    names = _select(store.layers, layers)
+    names = select_layers(store.layers, layers)
     columns = [("all layers", store.token_maps(step=step))] + [
         (f"{layer_label(n)} {'x'.join(map(str, store.resolution(n)))}", store.token_maps(layer=n, step=step))
         for n in names
@@ -297,36 +317,152 @@ def explorer_figure(
         layer, step: as in ``store.token_maps``.
     """
     prompt = prompt if prompt is not None else next(iter(runs))
-    by_label = runs[prompt]
-    tokens = next(iter(by_label.values()))[2]
+    tokens = next(iter(runs[prompt].values()))[2]
     i = _token_index(tokens, token if token is not None else word_positions(tokens)[0])
-    heats = {k: run[1].token_maps(layer=layer, step=step)[i] for k, run in by_label.items()}
+    maps = {k: run[1].token_maps(layer=layer, step=step) for k, run in runs[prompt].items()}
+    return _explorer_figure(runs[prompt], tokens, i, maps, prompt=prompt, layer=layer, step=step, scale=scale)
+
+
+def _heat_title(tokens, i: int, heat) -> str:
+    return f"{tokens[i]!r}: mean {float(heat.mean()):.3f}"
+
+
+def _explorer_title(prompt: str, layer, step) -> str:
+    where = f"layer {layer}" if layer is not None else "all layers"
+    when = f"step {step}" if step is not None else "all steps"
+    return f"{prompt!r} — {where}, {when}"
+
+
+def _explorer_figure(by_label, tokens, i: int, maps, *, prompt: str, layer, step, scale: float):
+    """The figure of :func:`explorer_figure` from precomputed maps: label -> (T, H, W)."""
+    heats = {k: m[i] for k, m in maps.items()}
     lo, hi = _scale(heats.values())
     fig, axes = _grid_axes(1, 2 * len(heats), scale, colorbar=True)
     for c, (k, heat) in enumerate(heats.items()):
         axes[0, 2 * c].imshow(_one_image(by_label[k][0]), interpolation="nearest")
         axes[0, 2 * c].set_title(k, fontsize=8, pad=2)
-        overlay(
-            by_label[k][0],
-            heat,
-            axes[0, 2 * c + 1],
-            vmin=lo,
-            vmax=hi,
-            title=f"{tokens[i]!r}: mean {float(heat.mean()):.3f}",
-        )
+        overlay(by_label[k][0], heat, axes[0, 2 * c + 1], vmin=lo, vmax=hi, title=_heat_title(tokens, i, heat))
     _colorbar(fig, axes[0, 1::2], lo, hi)
-    where = f"layer {layer}" if layer is not None else "all layers"
-    when = f"step {step}" if step is not None else "all steps"
-    fig.suptitle(f"{prompt!r} — {where}, {when}", fontsize=9)
+    fig.suptitle(_explorer_title(prompt, layer, step), fontsize=9)
     return fig
 
 
-class _Explorer:
-    """Widgets where a frontend renders them; the first view as a PNG where it does not."""
+def _follow_word(old_tokens: Sequence[str], old: int, word: str, tokens: Sequence[str]) -> int:
+    """The token to show after a prompt change: ``word`` (the one the user picked) where the
+    new prompt has it; else the word in the same place counted from the prompt's end ("red"
+    in "a red circle" -> "blue" in "a photo of a blue circle"); else the first word."""
+    words = word_positions(tokens)
+    for i in words:
+        if tokens[i] == word:
+            return i
+    old_words = word_positions(old_tokens)
+    if old in old_words:
+        i = words[-1] - (old_words[-1] - old)
+        if i in words:
+            return i
+    return words[0]
 
-    def __init__(self, widget, first_figure):
-        self.widget = widget
-        self._first = first_figure
+
+class AttentionExplorer:
+    """The live explorer: ipywidgets where a frontend renders them, a PNG of the current view where not.
+
+    Attributes:
+        widget: the whole control panel and picture (an ``ipywidgets.VBox``).
+        controls: ``{"prompt", "token", "layer", "step"}`` -> its ipywidgets control;
+            setting a control's ``value`` redraws as a click would.
+    """
+
+    def __init__(self, runs, *, token: int | str | None, scale: float):
+        import ipywidgets as w
+
+        self.runs, self.scale = runs, scale
+        prompts = list(runs)
+        first = self._tokens(prompts[0])
+        start = _token_index(first, token if token is not None else word_positions(first)[0])
+        self._word = first[start]  # the word the user picked: followed from prompt to prompt
+        self._syncing = False
+        self._maps = functools.lru_cache(maxsize=256)(self._token_maps)
+
+        store = next(iter(runs[prompts[0]].values()))[1]
+        groups = [
+            (g, p)
+            for g, p in (("down", "down_blocks"), ("mid", "mid_block"), ("up", "up_blocks"))
+            if any(n.startswith(p) for n in store.layers)
+        ]
+        layer_options = [("all layers", None), *groups, *[(layer_label(n), n) for n in store.layers]]
+        self.controls = {
+            "prompt": w.Dropdown(options=prompts, description="prompt"),
+            "token": w.Dropdown(options=self._token_options(prompts[0]), value=start, description="token"),
+            "layer": w.Dropdown(options=layer_options, description="layer"),
+            "step": w.SelectionSlider(options=["all", *store.steps], value="all", description="step"),
+        }
+        self._out = w.Output()
+        c = self.controls
+        c["prompt"].observe(self._new_prompt, names="value")
+        c["token"].observe(self._new_token, names="value")
+        c["layer"].observe(self._draw, names="value")
+        c["step"].observe(self._draw, names="value")
+        self.widget = w.VBox([w.HBox([c["prompt"], c["token"]]), w.HBox([c["layer"], c["step"]]), self._out])
+        self._draw()
+
+    def _tokens(self, prompt: str) -> list[str]:
+        return next(iter(self.runs[prompt].values()))[2]
+
+    def _token_options(self, prompt: str) -> list[tuple[str, int]]:
+        tokens = self._tokens(prompt)
+        end = word_positions(tokens)[-1] + 1  # the words, then the first end token
+        return [(f"{i}: {tokens[i]}", i) for i in range(min(end + 1, len(tokens)))]
+
+    def _token_maps(self, prompt: str, label: str, layer, step):
+        return self.runs[prompt][label][1].token_maps(layer=layer, step=step)
+
+    def _view(self) -> dict:
+        c = self.controls
+        prompt, layer = c["prompt"].value, c["layer"].value
+        step = None if c["step"].value == "all" else c["step"].value
+        maps = {k: self._maps(prompt, k, layer, step) for k in self.runs[prompt]}
+        return dict(
+            by_label=self.runs[prompt],
+            tokens=self._tokens(prompt),
+            i=c["token"].value,
+            maps=maps,
+            prompt=prompt,
+            layer=layer,
+            step=step,
+            scale=self.scale,
+        )
+
+    def figure(self):
+        """The current view as a matplotlib figure."""
+        return _explorer_figure(**self._view())
+
+    def _draw(self, *_):
+        import matplotlib.pyplot as plt
+        from IPython.display import display
+
+        with self._out:
+            self._out.clear_output(wait=True)
+            fig = self.figure()
+            display(fig)
+            plt.close(fig)
+
+    def _new_token(self, change):
+        if self._syncing:
+            return
+        self._word = self._tokens(self.controls["prompt"].value)[change["new"]]
+        self._draw()
+
+    def _new_prompt(self, change):
+        token = self.controls["token"]
+        keep = _follow_word(self._tokens(change["old"]), token.value, self._word, self._tokens(change["new"]))
+        self._syncing = True  # one redraw, after the token list and the token are both set
+        try:
+            with token.hold_sync():  # the browser gets the new options and the kept token in one message
+                token.options = self._token_options(change["new"])
+                token.value = keep
+        finally:
+            self._syncing = False
+        self._draw()
 
     def _repr_mimebundle_(self, **kwargs):
         import base64
@@ -335,7 +471,7 @@ class _Explorer:
         import matplotlib.pyplot as plt
 
         bundle = dict(self.widget._repr_mimebundle_(**kwargs))
-        fig = self._first()
+        fig = self.figure()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=80)
         plt.close(fig)
@@ -347,8 +483,11 @@ def attention_explorer(runs, *, token: int | str | None = None, scale: float = 2
     """An interactive view of precomputed attention: prompt, token, layer and step pickers.
 
     The runs are computed beforehand (``rece_lite.attention.generate_with_attention``), so
-    moving a control only averages stored maps.  Where widgets are not rendered (a static
-    notebook view, or ipywidgets missing) the first view shows as a plain picture.
+    moving a control only averages stored maps (each average is kept, so coming back to a
+    view costs only the drawing).  When the prompt changes, the token shown stays the word
+    last picked where the new prompt has it (else the word in the same place, counted from
+    the prompt's end).  Where widgets are not rendered (a static notebook view, or
+    ipywidgets missing) the current view shows as a plain picture.
 
     Args:
         runs: prompt -> {label -> run}, e.g. ``{p: {"original": rec0, "erased": rec1}}``;
@@ -357,60 +496,10 @@ def attention_explorer(runs, *, token: int | str | None = None, scale: float = 2
             its first word.
 
     Returns:
-        A displayable explorer (or a matplotlib figure without ipywidgets).
+        An :class:`AttentionExplorer` (or a matplotlib figure without ipywidgets).
     """
-    prompts = list(runs)
-    first_tokens = next(iter(runs[prompts[0]].values()))[2]
-    start = _token_index(first_tokens, token if token is not None else word_positions(first_tokens)[0])
-    first = lambda: explorer_figure(runs, token=start, scale=scale)
     try:
-        import ipywidgets as w
+        import ipywidgets  # noqa: F401
     except ImportError:
-        return first()
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    from rece_lite.attention import layer_label
-
-    store = next(iter(runs[prompts[0]].values()))[1]
-    groups = [
-        (g, p)
-        for g, p in (("down", "down_blocks"), ("mid", "mid_block"), ("up", "up_blocks"))
-        if any(n.startswith(p) for n in store.layers)
-    ]
-    layer_options = [("all layers", None), *groups, *[(layer_label(n), n) for n in store.layers]]
-
-    def token_options(prompt):
-        tokens = next(iter(runs[prompt].values()))[2]
-        end = word_positions(tokens)[-1] + 1
-        return [(f"{i}: {tokens[i]}", i) for i in range(min(end + 1, len(tokens)))]
-
-    prompt_w = w.Dropdown(options=prompts, description="prompt")
-    token_w = w.Dropdown(options=token_options(prompts[0]), value=start, description="token")
-    layer_w = w.Dropdown(options=layer_options, description="layer")
-    step_w = w.SelectionSlider(options=["all", *store.steps], value="all", description="step")
-    out = w.Output()
-
-    def draw(*_):
-        with out:
-            out.clear_output(wait=True)
-            step = None if step_w.value == "all" else step_w.value
-            fig = explorer_figure(runs, prompt_w.value, token_w.value, layer_w.value, step, scale=scale)
-            display(fig)
-            plt.close(fig)
-
-    def new_prompt(change):
-        # keep the same word where the new prompt has it ("red" in "a red circle" -> "a red star")
-        old = next(iter(runs[change["old"]].values()))[2][token_w.value]
-        tokens = next(iter(runs[change["new"]].values()))[2]
-        options = token_options(change["new"])
-        keep = [i for _, i in options if tokens[i] == old and i in word_positions(tokens)]
-        token_w.options = options
-        token_w.value = keep[0] if keep else word_positions(tokens)[0]
-
-    prompt_w.observe(new_prompt, names="value")
-    for c in (prompt_w, token_w, layer_w, step_w):
-        c.observe(draw, names="value")
-    draw()
-    ui = w.VBox([w.HBox([prompt_w, token_w]), w.HBox([layer_w, step_w]), out])
-    return _Explorer(ui, first)
+        return explorer_figure(runs, token=token, scale=scale)
+    return AttentionExplorer(runs, token=token, scale=scale)
