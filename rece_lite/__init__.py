@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "AttentionStore": "rece_lite.attention",
     "Recording": "rece_lite.attention",
     "attention_mass_on": "rece_lite.attention",
+    "mass_per_area": "rece_lite.attention",
+    "mass_ratio": "rece_lite.attention",
     "generate_with_attention": "rece_lite.attention",
     "record_attention": "rece_lite.attention",
     "SolveError": "rece_lite.closed_form",
@@ -43,6 +45,8 @@ __all__ = [
     "AttentionStore",
     "Recording",
     "attention_mass_on",
+    "mass_per_area",
+    "mass_ratio",
     "generate_with_attention",
     "record_attention",
     "SolveError",
@@ -77,6 +81,8 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         Recording,
         attention_mass_on,
         generate_with_attention,
+        mass_per_area,
+        mass_ratio,
         record_attention,
     )
     from rece_lite.closed_form import SolveError
