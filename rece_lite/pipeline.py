@@ -1,8 +1,19 @@
-"""Loading a Stable Diffusion 1.x pipeline and encoding prompts.
+"""Loading Stable Diffusion pipelines (1.x, 2.x, XL), encoding prompts, sampling.
 
-``load_pipeline("tiny")`` gives the embedded miniature model; any hub id or
-local path of an SD 1.x model works the same where its weights are on disk.
-Nothing here downloads unless the caller's environment allows it.
+``load_pipeline("tiny")`` gives the embedded miniature model; a local folder in
+``save_pretrained`` layout or a hub id already in the cache loads as the class its
+``model_index.json`` names: ``StableDiffusionPipeline`` (SD 1.x, 2.x) or
+``StableDiffusionXLPipeline`` (SDXL).  Models whose text reaches the image through
+joint attention (FLUX, SD 3: MMDiT) have no cross-attention K/V to edit and are refused
+(``docs/mmdit.md`` says how the closed form maps there).  Nothing here downloads unless
+the caller's environment allows it.
+
+What the edits see, per family (``d`` = width of the embedding the cross-attention attends to):
+
+* SD 1.x / 2.x: the text encoder's last hidden state, (77, 768) / (77, 1024);
+* SDXL: both encoders' penultimate hidden states, concatenated per token, (77, 2048).
+  SDXL's pooled embedding (1280) and time ids enter the UNet through ``add_embedding``,
+  not through cross-attention: no K/V edit touches that path (see :func:`sample`).
 """
 
 from __future__ import annotations
@@ -12,65 +23,127 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
-# RECE_LITE_TINY points "tiny" at another checkpoint (e.g. one still training, runs/tiny/pipeline).
-TINY_PATH = Path(os.environ.get("RECE_LITE_TINY", Path(__file__).resolve().parents[1] / "data" / "tiny"))
+from rece_lite.paths import tiny_path
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+# the embedded model's folder (data/tiny in a checkout, inside the package in a wheel), or $RECE_LITE_TINY
+TINY_PATH = tiny_path()
+
+#: ``model_index.json`` class names that :func:`load_pipeline` loads.
+SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
+
+_MMDIT = (
+    "{what} denoises with a transformer (MMDiT/DiT, as FLUX and SD 3 do): its text tokens are transformed "
+    "block by block by joint attention, so there are no cross-attention key/value matrices acting on a fixed "
+    "text embedding for rece-lite's closed form to edit. docs/mmdit.md explains how the closed form maps there "
+    "(one linear map, the context embedder). rece-lite edits StableDiffusionPipeline (SD 1.x, 2.x) and "
+    "StableDiffusionXLPipeline (SDXL)"
+)
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+class Pipeline(Protocol):
+    """The pipeline argument of rece-lite's functions: a diffusers Stable Diffusion pipeline.
+
+    ``StableDiffusionPipeline`` (SD 1.x, 2.x, the miniature model) and
+    ``StableDiffusionXLPipeline`` (which adds ``text_encoder_2`` and ``tokenizer_2``) have
+    these attributes.  A type for hints and readers; nothing checks it at run time.
+    """
+
+    unet: UNet2DConditionModel
+    text_encoder: torch.nn.Module
+    tokenizer: Any
+    vae: AutoencoderKL
+    scheduler: Any
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
-def check_supported(pipe) -> None:
+# ------------------------------------------------------------------------ what we edit
+def is_sdxl(pipe: Pipeline) -> bool:
+    """Whether ``pipe`` conditions like SDXL: two text encoders, diffusers' SDXL ``encode_prompt``."""
+    return (
+        getattr(pipe, "text_encoder_2", None) is not None
+        and getattr(pipe, "tokenizer_2", None) is not None
+        and callable(getattr(pipe, "encode_prompt", None))
+    )
+
+
+def check_supported(pipe: Pipeline) -> None:
     """Refuse pipelines the closed forms here do not cover, saying why."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise NotImplementedError(
-            f"{type(pipe).__name__} has two text encoders (SDXL-style): rece-lite supports "
-            "Stable Diffusion 1.x pipelines (one CLIP text encoder) only, for now"
-        )
+    name = type(pipe).__name__
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+        raise NotImplementedError(_MMDIT.format(what=name))
     for part in ("unet", "text_encoder", "tokenizer"):
         if getattr(pipe, part, None) is None:
-            raise ValueError(f"{type(pipe).__name__} has no {part}: a Stable Diffusion 1.x pipeline is needed")
+            raise ValueError(
+                f"{name} has no {part}: a Stable Diffusion pipeline (StableDiffusionPipeline or "
+                "StableDiffusionXLPipeline) is needed"
+            )
+    if getattr(pipe, "text_encoder_2", None) is not None and not is_sdxl(pipe):
+        raise NotImplementedError(
+            f"{name} has two text encoders but is not an SDXL pipeline (it lacks tokenizer_2 or diffusers' "
+            "encode_prompt): rece-lite edits StableDiffusionPipeline (SD 1.x, 2.x) and StableDiffusionXLPipeline"
+        )
 
 
+# ------------------------------------------------------------------------ building, loading
 @contextlib.contextmanager
-def _quiet():
-    """Loading without the libraries' progress bars, deprecation notes of their own internals, and
-    notes about optional image-processor backends (SD pipelines import them; rece-lite never uses them)."""
+def _quiet(bars: bool = False):
+    """Loading without deprecation notes of the libraries' own internals, notes about optional
+    image-processor backends (SD pipelines import them; rece-lite never uses them), and, unless
+    ``bars``, without the libraries' progress bars."""
     import diffusers
     import transformers
 
     level = transformers.logging.get_verbosity()
-    bars = transformers.utils.logging.is_progress_bar_enabled()
+    had = transformers.utils.logging.is_progress_bar_enabled(), diffusers.utils.logging.is_progress_bar_enabled()
     transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.disable_progress_bar()
+    if not bars:
+        transformers.utils.logging.disable_progress_bar()
+        diffusers.utils.logging.disable_progress_bar()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # diffusers' load_config passes an argument huggingface_hub has deprecated: not the user's to fix
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*", category=UserWarning)
             yield
     finally:
         transformers.logging.set_verbosity(level)
-        if bars:
+        if had[0]:
             transformers.utils.logging.enable_progress_bar()
-        diffusers.utils.logging.enable_progress_bar()
+        if had[1]:
+            diffusers.utils.logging.enable_progress_bar()
 
 
-def _pipeline_class():
+def _pipeline_classes() -> dict[str, type]:
     with _quiet():
-        from diffusers import StableDiffusionPipeline
-    return StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+    return {"StableDiffusionPipeline": StableDiffusionPipeline, "StableDiffusionXLPipeline": StableDiffusionXLPipeline}
+
+
+def _ready(pipe):
+    for part in (pipe.unet, pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.vae):
+        if part is not None:
+            part.eval()  # as from_pretrained leaves them
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def assemble_pipeline(*, unet, text_encoder, tokenizer, vae, scheduler):
     """A ``StableDiffusionPipeline`` from its parts: no safety checker, progress bar off, parts in eval mode.
 
     The one place the pipeline's eight constructor arguments are spelled out (the miniature
-    model's training export, the random-weight SD 1.4 pipeline and the tests all use it).
+    model's training export, the random-weight SD 1.4 / 2.1 pipelines and the tests all use it).
     """
-    StableDiffusionPipeline = _pipeline_class()
+    StableDiffusionPipeline = _pipeline_classes()["StableDiffusionPipeline"]
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -81,26 +154,121 @@ def assemble_pipeline(*, unet, text_encoder, tokenizer, vae, scheduler):
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    for part in (pipe.unet, pipe.text_encoder, pipe.vae):
-        part.eval()  # as from_pretrained leaves them
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return _ready(pipe)
 
 
-def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = None, dtype: torch.dtype | None = None):
-    """A ``StableDiffusionPipeline`` ready to sample and to edit.
+def assemble_sdxl_pipeline(*, unet, text_encoder, text_encoder_2, tokenizer, tokenizer_2, vae, scheduler):
+    """A ``StableDiffusionXLPipeline`` from its parts: no watermarker, progress bar off, parts in eval mode.
+
+    ``force_zeros_for_empty_prompt`` stays on, as in SDXL 1.0's ``model_index.json``: without a
+    negative prompt the unconditional branch sees zeros, not the empty prompt's embedding.
+    """
+    StableDiffusionXLPipeline = _pipeline_classes()["StableDiffusionXLPipeline"]
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    return _ready(pipe)
+
+
+def default_device() -> str:
+    """``cuda`` when available, else ``mps`` (Apple GPUs) when available, else ``cpu``."""
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def _check_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device(default_device())
+    if isinstance(device, str):
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device={device!r} is not a device name: use 'cuda', 'cuda:1', 'mps' or 'cpu'") from None
+    elif isinstance(device, torch.device):
+        dev = device
+    else:
+        raise TypeError(f"device must be a string such as 'cuda' or 'cpu' (or a torch.device), got {device!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}, but this torch sees no CUDA device: use 'cpu', or leave device unset")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError(f"device={device!r}, but MPS is not available here: use 'cpu', or leave device unset")
+    elif dev.type != "cpu":
+        raise ValueError(f"device={device!r}: rece-lite runs on 'cuda', 'mps' or 'cpu'")
+    return dev
+
+
+def _check_dtype(dtype: torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype such as torch.float16 or torch.float32, got {dtype!r}")
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
+    if device.type == "mps" and dtype == torch.float64:
+        raise ValueError("dtype=torch.float64 is not supported on 'mps': use torch.float32")
+    return dtype
+
+
+def _pipeline_class(index: dict, model: str | os.PathLike) -> type:
+    """The class a ``model_index.json`` names, if rece-lite can edit it; a clear refusal otherwise."""
+    name = index.get("_class_name")
+    classes = _pipeline_classes()
+    if isinstance(name, str) and name in classes:
+        return classes[name]
+    if "transformer" in index and "unet" not in index:
+        raise NotImplementedError(_MMDIT.format(what=f"{str(model)!r} ({name})"))
+    raise NotImplementedError(
+        f"{str(model)!r} is a {name}, not a text-to-image Stable Diffusion pipeline: rece-lite loads "
+        f"{' and '.join(SUPPORTED_PIPELINES)} folders (SD 1.x, 2.x and XL)"
+    )
+
+
+def load_pipeline(
+    model: str | os.PathLike = "tiny",
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> Pipeline:
+    """A Stable Diffusion pipeline ready to sample and to edit, of the class its folder names.
 
     Args:
         model: ``"tiny"`` (the embedded miniature model), a local folder in
             ``save_pretrained`` layout, or a hub id already in the local cache
-            (e.g. ``"CompVis/stable-diffusion-v1-4"``).
-        device: default ``cuda`` when available, else ``cpu``.
-        dtype: default float16 on CUDA, float32 elsewhere.
+            (e.g. ``"CompVis/stable-diffusion-v1-4"``, ``"stabilityai/stable-diffusion-2-1"``,
+            ``"stabilityai/stable-diffusion-xl-base-1.0"``).
+        device: ``"cuda"``, ``"mps"`` or ``"cpu"`` (or ``"cuda:1"``, a ``torch.device``);
+            default ``cuda`` when available, else ``mps`` when available, else ``cpu``.
+        dtype: a floating ``torch.dtype``; default float16 on CUDA, float32 elsewhere.
+
+    Returns:
+        A ``StableDiffusionPipeline`` (SD 1.x, 2.x) or ``StableDiffusionXLPipeline`` (SDXL)
+        on ``device``.  Real models keep diffusers' progress bars (loading and sampling);
+        the miniature model, which samples in a blink, has them off.
+
+    Raises:
+        FileNotFoundError: the model is neither the embedded one, a folder, nor cached.
+        NotImplementedError: the folder holds another kind of pipeline (e.g. FLUX or SD 3,
+            which have no cross-attention K/V: see ``docs/mmdit.md``).
     """
-    StableDiffusionPipeline = _pipeline_class()
-    device = device or default_device()
-    dtype = dtype or (torch.float16 if device.startswith("cuda") else torch.float32)
-    if str(model) == "tiny":
+    dev = _check_device(device)
+    dtype = _check_dtype(dtype, dev)
+    tiny = str(model) == "tiny"
+    if tiny:
         if not (TINY_PATH / "model_index.json").exists():
             raise FileNotFoundError(
                 f"the embedded model is missing from {TINY_PATH}; train it with `python -m rece_lite.tiny.train`"
@@ -110,17 +278,24 @@ def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = Non
         source = model
     local = Path(source).is_dir()
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    cls = None
     try:
-        with _quiet():
-            pipe = StableDiffusionPipeline.from_pretrained(
-                source, local_files_only=local or offline, dtype=dtype
-            )
+        with _quiet(bars=not tiny):
+            from diffusers import DiffusionPipeline
+
+            # 1. Which pipeline: model_index.json's class name (read before any weights are)
+            index = DiffusionPipeline.load_config(source, local_files_only=local or offline)
+            cls = _pipeline_class(index, model)
+            # 2. Its weights, in the dtype asked for
+            pipe = cls.from_pretrained(source, local_files_only=local or offline, dtype=dtype)
     except (OSError, ValueError) as e:
         where = (
             "is not a folder in save_pretrained layout"
             if local
             else "is neither a local folder nor in the Hugging Face cache"
         )
+        if cls is not None:
+            where = f"has a model_index.json for {cls.__name__} but its weights could not be loaded"
         raise FileNotFoundError(
             f"could not load {str(model)!r}: it {where}"
             f"{' (HF_HUB_OFFLINE is set, so nothing is downloaded)' if offline else ''}. "
@@ -128,22 +303,32 @@ def load_pipeline(model: str | os.PathLike = "tiny", *, device: str | None = Non
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
     check_supported(pipe)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    if tiny:
+        pipe.set_progress_bar_config(disable=True)
+    return pipe.to(dev)
 
 
+# ------------------------------------------------------------------------ prompts
 @torch.no_grad()
-def encode(pipe, prompts: str | Sequence[str]) -> torch.Tensor:
-    """Text-encoder outputs for prompts padded to the tokenizer's ``model_max_length``.
+def encode(pipe: Pipeline, prompts: str | Sequence[str]) -> torch.Tensor:
+    """The per-token text embeddings the UNet's cross-attention attends to (the conditional branch).
 
-    This is exactly what the pipeline feeds its cross-attention (the conditional
-    branch), all positions included.
+    SD 1.x / 2.x: the text encoder's output for prompts padded to the tokenizer's
+    ``model_max_length``.  SDXL: diffusers' own ``encode_prompt`` (both encoders'
+    penultimate states, concatenated per token); its pooled embedding is
+    :func:`encode_pooled`.  All positions are included, padding too.
 
     Returns:
-        (B, T, d) in the text encoder's dtype, on its device.
+        (B, T, d) in the text encoder's dtype, on its device (SD 1.x: d = 768; SD 2.x:
+        1024; SDXL: 2048).
     """
     if isinstance(prompts, str):
         prompts = [prompts]
+    if is_sdxl(pipe):
+        embeds, _, _, _ = pipe.encode_prompt(
+            list(prompts), device=pipe.text_encoder.device, do_classifier_free_guidance=False
+        )
+        return embeds
     ids = pipe.tokenizer(
         list(prompts),
         padding="max_length",
@@ -154,37 +339,65 @@ def encode(pipe, prompts: str | Sequence[str]) -> torch.Tensor:
     return pipe.text_encoder(ids)[0]
 
 
-def check_prompts(pipe, prompts: str | Sequence[str], what: str = "prompt") -> None:
+@torch.no_grad()
+def encode_pooled(pipe: Pipeline, prompts: str | Sequence[str]) -> torch.Tensor:
+    """SDXL's pooled text embedding (``text_encoder_2``'s projected EOS state), as ``encode_prompt`` makes it.
+
+    It reaches the UNet through ``add_embedding`` (with the time ids), not through
+    cross-attention, so no K/V edit changes what it does.
+
+    Returns:
+        (B, 1280) for SDXL, in the text encoder's dtype, on its device.
+    """
+    if not is_sdxl(pipe):
+        raise ValueError(f"{type(pipe).__name__} has no pooled text embedding: only SDXL pipelines have one")
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    device = pipe.text_encoder.device
+    _, _, pooled, _ = pipe.encode_prompt(list(prompts), device=device, do_classifier_free_guidance=False)
+    return pooled
+
+
+def check_prompts(pipe: Pipeline, prompts: str | Sequence[str], what: str = "prompt") -> None:
     """Refuse prompts the text encoder would silently change: too long (cut) or with unknown words.
 
     CLIP's byte-level BPE knows every word, so only length matters for real SD; the miniature
     model's word-level tokenizer maps a word it does not know to ``<|unk|>``, which would erase
-    (or preserve) the unknown-word token instead of the concept the user meant.
+    (or preserve) the unknown-word token instead of the concept the user meant.  SDXL's two
+    tokenizers are both checked.
 
     Args:
         prompts: the prompt(s) to check.
         what: the argument's name, for the message (``"erase"``, ``"preserve"``, ...).
     """
-    tok = pipe.tokenizer
+    tokenizers = [pipe.tokenizer]
+    second = getattr(pipe, "tokenizer_2", None)
+    if second is not None and second is not pipe.tokenizer:
+        tokenizers.append(second)
     for p in [prompts] if isinstance(prompts, str) else list(prompts):
         if not isinstance(p, str):
             raise TypeError(f"{what}: prompts must be strings, got {type(p).__name__}")
-        ids = tok(p, truncation=False, verbose=False).input_ids
-        if len(ids) > tok.model_max_length:
-            raise ValueError(
-                f"{what} prompt {p!r} is {len(ids)} tokens long, more than this text encoder's "
-                f"{tok.model_max_length}: shorten it (it would be cut silently)"
-            )
-        unk = tok.unk_token_id
-        if unk is not None and unk in ids and unk not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id):
-            words = [w for w in p.split() if unk in tok(w, add_special_tokens=False).input_ids]
-            raise ValueError(
-                f"{what} prompt {p!r} has words this model's tokenizer does not know: {', '.join(map(repr, words))} "
-                "(they would all become the same unknown-word token); use words from its vocabulary"
-            )
+        for tok in tokenizers:
+            _check_prompt(tok, p, what)
 
 
-def last_subject_index(pipe, prompt: str) -> int:
+def _check_prompt(tok, p: str, what: str) -> None:
+    ids = tok(p, truncation=False, verbose=False).input_ids
+    if len(ids) > tok.model_max_length:
+        raise ValueError(
+            f"{what} prompt {p!r} is {len(ids)} tokens long, more than this text encoder's "
+            f"{tok.model_max_length}: shorten it (it would be cut silently)"
+        )
+    unk = tok.unk_token_id
+    if unk is not None and unk in ids and unk not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id):
+        words = [w for w in p.split() if unk in tok(w, add_special_tokens=False).input_ids]
+        raise ValueError(
+            f"{what} prompt {p!r} has words this model's tokenizer does not know: {', '.join(map(repr, words))} "
+            "(they would all become the same unknown-word token); use words from its vocabulary"
+        )
+
+
+def last_subject_index(pipe: Pipeline, prompt: str) -> int:
     """Position of a prompt's last word token (the one before EOS), as the newer UCE uses.
 
     For the empty prompt this is 0, the start token.
@@ -195,12 +408,14 @@ def last_subject_index(pipe, prompt: str) -> int:
     return int(mask.sum().item()) - 2
 
 
+# ------------------------------------------------------------------------ sampling
 @torch.no_grad()
 def sample(
-    pipe,
+    pipe: Pipeline,
     prompts: str | Sequence[str] | None = None,
     *,
     embeds: torch.Tensor | None = None,
+    pooled: torch.Tensor | None = None,
     seeds: Sequence[int] = (0,),
     steps: int = 20,
     guidance: float = 6.0,
@@ -211,10 +426,27 @@ def sample(
     Each image has its own generator seeded with its seed, so an image does not
     depend on what else is in the batch (up to the rounding of batched kernels).
 
+    With ``embeds`` the negative (unconditional) branch is what the pipeline itself uses
+    without a negative prompt: the empty prompt's embedding (SD 1.x, 2.x), zeros for SDXL
+    1.0 (``force_zeros_for_empty_prompt``).
+
+    **SDXL's pooled embedding.** SDXL also conditions on a pooled text embedding, added to
+    the time embedding (``add_embedding``) and so seen by every ResNet block: a path that a
+    cross-attention-only edit (UCE, RECE) never touches.  With ``embeds`` and no
+    ``pooled``, the conditional branch gets the *empty prompt's* pooled embedding, the
+    guide UCE maps erased concepts to.  Then the per-token embedding, the one thing the
+    edit and RECE's derivation act on, is the only way a concept reaches the image: what
+    the pictures show measures the cross-attention alone.  Passing the concept prompt's
+    pooled embedding instead (``pooled=encode_pooled(pipe, prompt)``) measures what a user
+    typing the prompt gets, leak through ``add_embedding`` included; an erased concept can
+    reappear that way whatever the K/V edit did.
+
     Args:
         prompts: P prompts; or
         embeds: (P, T, d) text embeddings instead (e.g. a derived embedding), fed
-            as ``prompt_embeds`` with the empty prompt as the negative.
+            as ``prompt_embeds``.
+        pooled: SDXL only, with ``embeds``: (P, 1280) or (1280,) pooled embeddings for
+            the conditional branch; default: the empty prompt's (see above).
         seeds: S seeds; images come prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
         steps: sampling steps.
         guidance: classifier-free guidance scale.
@@ -226,31 +458,66 @@ def sample(
 
     if (prompts is None) == (embeds is None):
         raise ValueError("give prompts or embeds (not both)")
+    sdxl = is_sdxl(pipe)
     if embeds is not None:
         if embeds.ndim == 2:
             embeds = embeds[None]
         conds = list(embeds)
     else:
         conds = [prompts] if isinstance(prompts, str) else list(prompts)
-    jobs = [(c, s) for c in conds for s in seeds]
+    pooled_rows = _pooled_rows(pipe, pooled, embeds, sdxl)
+    jobs = [(i, s) for i in range(len(conds)) for s in seeds]
     device = pipe.unet.device
     out = []
-    for i in range(0, len(jobs), batch_size):
-        chunk = jobs[i : i + batch_size]
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for _, s in chunk]
         kw = dict(num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np")
-        if embeds is not None:
-            pe = torch.stack([c for c, _ in chunk]).to(device, pipe.text_encoder.dtype)
-            neg = encode(pipe, [""] * len(chunk)).to(device, pe.dtype)
-            # latents drawn on the CPU from each image's generator, for the same images on every device
-            res = pipe(prompt_embeds=pe, negative_prompt_embeds=neg, latents=_latents(pipe, gens), **kw)
+        # latents drawn on the CPU from each image's generator, for the same images on every device
+        kw["latents"] = _latents(pipe, gens)
+        if embeds is None:
+            res = pipe([conds[i] for i, _ in chunk], **kw)
+        elif sdxl:
+            pe = torch.stack([conds[i] for i, _ in chunk]).to(device, pipe.text_encoder_2.dtype)
+            empty, neg, empty_pooled, neg_pooled = pipe.encode_prompt(
+                [""] * len(chunk), device=device, do_classifier_free_guidance=True
+            )
+            pool = empty_pooled if pooled_rows is None else pooled_rows[[i for i, _ in chunk]].to(device, pe.dtype)
+            res = pipe(
+                prompt_embeds=pe,
+                pooled_prompt_embeds=pool,
+                negative_prompt_embeds=neg,
+                negative_pooled_prompt_embeds=neg_pooled,
+                **kw,
+            )
         else:
-            res = pipe([c for c, _ in chunk], latents=_latents(pipe, gens), **kw)
+            pe = torch.stack([conds[i] for i, _ in chunk]).to(device, pipe.text_encoder.dtype)
+            neg = encode(pipe, [""] * len(chunk)).to(device, pe.dtype)
+            res = pipe(prompt_embeds=pe, negative_prompt_embeds=neg, **kw)
         out.append(np.clip(res.images * 255 + 0.5, 0, 255).astype(np.uint8))
     return np.concatenate(out)
 
 
-def _latents(pipe, gens: list[torch.Generator]) -> torch.Tensor:
+def _pooled_rows(pipe: Pipeline, pooled: torch.Tensor | None, embeds: torch.Tensor | None, sdxl: bool):
+    """``pooled`` as (P, width) rows, one per embedding, after checking it goes with this call."""
+    if pooled is None:
+        return None
+    if not sdxl:
+        raise ValueError(f"pooled= is for SDXL pipelines (their pooled text embedding); {type(pipe).__name__} has none")
+    if embeds is None:
+        raise ValueError("pooled= goes with embeds=; with prompts the pipeline pools each prompt itself")
+    if not isinstance(pooled, torch.Tensor):
+        raise TypeError(f"pooled must be a tensor of shape (P, width) or (width,), got {type(pooled).__name__}")
+    rows = pooled[None] if pooled.ndim == 1 else pooled
+    width = pipe.text_encoder_2.config.projection_dim
+    if rows.ndim != 2 or rows.shape != (len(embeds), width):
+        raise ValueError(
+            f"pooled has shape {tuple(pooled.shape)}; expected ({len(embeds)}, {width}), one per embedding"
+        )
+    return rows
+
+
+def _latents(pipe: Pipeline, gens: list[torch.Generator]) -> torch.Tensor:
     c = pipe.unet.config
     size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
     z = torch.stack([torch.randn(c.in_channels, size, size, generator=g) for g in gens])
@@ -258,7 +525,7 @@ def _latents(pipe, gens: list[torch.Generator]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def image_latents(pipe, images, batch: int = 64) -> torch.Tensor:
+def image_latents(pipe: Pipeline, images, batch: int = 64) -> torch.Tensor:
     """The VAE's latents (scaled as the UNet sees them) of (n, H, W, 3) uint8 pictures."""
     import numpy as np
 
