@@ -37,6 +37,8 @@ _EXPORTS: dict[str, str] = {
     "snapshot": "rece_lite.erase",
     "uce_erase": "rece_lite.erase",
     "encode": "rece_lite.pipeline",
+    "encode_pooled": "rece_lite.pipeline",
+    "Pipeline": "rece_lite.pipeline",
     "load_pipeline": "rece_lite.pipeline",
     "sample": "rece_lite.pipeline",
 }
@@ -57,6 +59,8 @@ __all__ = [
     "snapshot",
     "uce_erase",
     "encode",
+    "encode_pooled",
+    "Pipeline",
     "load_pipeline",
     "sample",
     "__version__",
@@ -87,4 +91,4 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     )
     from rece_lite.closed_form import SolveError
     from rece_lite.erase import Patch, ReceResult, derive_embedding, rece_erase, snapshot, uce_erase
-    from rece_lite.pipeline import encode, load_pipeline, sample
+    from rece_lite.pipeline import Pipeline, encode, encode_pooled, load_pipeline, sample

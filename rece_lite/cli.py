@@ -62,13 +62,14 @@ def _environment(pipe) -> dict:
     }
 
 
-def _load(model: str):
+def _load(model: str, *, say: bool = True):
     import torch
 
     import rece_lite as rl
 
     torch.manual_seed(0)
-    print(f"loading {model} ...", flush=True)
+    if say:
+        print(f"loading {model} ...", flush=True)
     return rl.load_pipeline(model)
 
 
@@ -184,23 +185,71 @@ def run_demo(args: argparse.Namespace) -> dict:
 
 
 def run_bench(args: argparse.Namespace) -> dict:
-    """``rece-lite bench``: the comparison table, as bench.json, bench.md and bench.png."""
+    """``rece-lite bench``: the comparison table (or a prompt file's), split across processes under
+    ``accelerate launch``; only the first process writes and prints."""
+    from rece_lite.parallel import split_sampling
+
+    with split_sampling() as split:
+        main = split.rank == 0
+        report, write, markdown = _bench_prompt_file(args, main) if args.prompts else _bench_tiny(args, main)
+        if main:
+            with staged_dir(args.out, force=args.force) as tmp:
+                write(report, tmp)
+    if main:
+        print()
+        print(markdown(report))
+        print(f"written: {args.out}/bench.json, bench.md" + ("" if args.prompts else ", bench.png"))
+    return asdict(report)
+
+
+def _bench_tiny(args: argparse.Namespace, main: bool):
     from rece_lite import bench
 
     concept = _concept("tiny", args.concept)
-    with staged_dir(args.out, force=args.force) as tmp:
-        pipe = _load(args.model)
-        report = bench.run(
-            pipe, concept.name, seeds=range(args.seeds), steps=args.steps, repeats=args.repeats,
-            esd_kw={} if args.esd_steps is None else {"steps": args.esd_steps},
-            soft_prompt_kw={} if args.attack_steps is None else {"opt_steps": args.attack_steps},
-            model=str(args.model), command="rece-lite " + " ".join(args.argv),
-        )  # fmt: skip
-        bench.write(report, tmp)
-    print()
-    print(bench.markdown(report))
-    print(f"written: {args.out}/bench.json, bench.md, bench.png")
-    return asdict(report)
+    pipe = _load(args.model, say=main)
+    report = bench.run(
+        pipe, concept.name, seeds=range(args.seeds), steps=args.steps, repeats=args.repeats,
+        esd_kw={} if args.esd_steps is None else {"steps": args.esd_steps},
+        soft_prompt_kw={} if args.attack_steps is None else {"opt_steps": args.attack_steps},
+        model=str(args.model), command="rece-lite " + " ".join(args.argv), progress=main,
+    )  # fmt: skip
+    return report, bench.write, bench.markdown
+
+
+def _bench_prompt_file(args: argparse.Namespace, main: bool):
+    from rece_lite import bench
+    from rece_lite.erase import Patch
+    from rece_lite.recipes import recipe_for
+
+    rows = bench.read_prompts(args.prompts)
+    if args.judge:
+        judge, judge_name = bench.load_judge(args.judge), args.judge
+    elif args.model == "tiny":
+        judge, judge_name = _tiny_judge(_concept("tiny", args.concept)), f"the evaluator: shows {args.concept!r}"
+    else:
+        raise UsageError("--judge is needed with --prompts on a model other than 'tiny' (package.module:function)")
+    if args.patch:
+        edits = {Path(p).stem: Patch.load(p) for p in args.patch}
+    else:
+        recipe = recipe_for(args.model, _concept(args.model, args.concept) or args.concept)
+        edits = {"UCE": recipe, "RECE": recipe}
+    pipe = _load(args.model, say=main)
+    report = bench.prompt_file_run(
+        pipe, rows, judge, edits, steps=args.steps, prompts_name=str(args.prompts), judge_name=judge_name,
+        model=str(args.model), command="rece-lite " + " ".join(args.argv), progress=main,
+    )  # fmt: skip
+    return report, bench.write_prompt_file, bench.prompt_file_markdown
+
+
+def _tiny_judge(concept):
+    """The miniature world's evaluator as a judge: does each picture show ``concept``?"""
+    from rece_lite import evaluate as ev
+
+    def shows(images):
+        labels = ev.classify(images)
+        return [x == concept.name for x in (labels.colours if concept.kind == "colour" else labels.shapes)]
+
+    return shows
 
 
 # ------------------------------------------------------------------------ parser
@@ -237,15 +286,22 @@ def parser() -> argparse.ArgumentParser:
                        description="The paper's comparison on the miniature model: erasure, three attacks, "
                        "preservation, a kernel distance and edit time, for the original model, an ESD-x fine-tune, "
                        "UCE and RECE.")  # fmt: skip
-    b.add_argument("--model", default="tiny", help="'tiny' or a folder with a checkpoint of the miniature model")
-    b.add_argument("--concept", default="red", help="a colour or shape of the miniature world (default: red)")
+    b.add_argument("--model", default="tiny", help="'tiny' or a checkpoint of it; with --prompts any SD model")
+    b.add_argument("--concept", default="red", help="what to erase (tiny: a colour or shape; default: red)")
     b.add_argument("--out", default="rece-lite-bench", help="output folder: bench.json, bench.md, bench.png")
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
     b.add_argument("--seeds", type=int, default=8, help="seeds per prompt for every measurement (default: 8)")
     b.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
     b.add_argument("--repeats", type=int, default=5, help="timed runs of UCE and RECE, median reported (default: 5)")
     b.add_argument("--esd-steps", type=int, default=None, help="ESD fine-tuning steps (default: esd_erase's)")
-    b.add_argument("--attack-steps", type=int, default=None, help="soft-prompt steps (default: the attack's)")
+    b.add_argument("--attack-steps", type=int, default=None,
+                   help="the soft prompt's optimisation steps (default: the attack's)")  # fmt: skip
+    b.add_argument("--prompts", default=None, help="a CSV prompt file (columns: prompt, optional evaluation_seed; "
+                   "the I2P / Ring-A-Bell format): measure the share of its pictures the judge flags, per model")
+    b.add_argument("--judge", default=None, help="with --prompts: 'package.module:function' taking (n, H, W, 3) "
+                   "uint8 pictures and returning n bools (default for tiny: the evaluator, for --concept)")
+    b.add_argument("--patch", action="append", default=None,
+                   help="with --prompts: a patch file to evaluate (repeatable; default: UCE and RECE of --concept)")
     return p
 
 
@@ -258,7 +314,10 @@ def check(args: argparse.Namespace) -> None:
     _at_least(getattr(args, "repeats", None), 1, "--repeats")
     _at_least(getattr(args, "esd_steps", None), 1, "--esd-steps")
     _at_least(getattr(args, "attack_steps", None), 1, "--attack-steps")
-    _concept(getattr(args, "model", "tiny"), args.concept)
+    model = getattr(args, "model", "tiny")
+    _concept(model if args.cmd != "bench" or getattr(args, "prompts", None) else "tiny", args.concept)
+    if args.cmd == "bench" and args.prompts is None and (args.judge or args.patch):
+        raise UsageError("--judge and --patch go with --prompts")
     check_out(args.out, force=args.force)
 
 

@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from rece_lite import parallel
 from rece_lite.paths import tiny_path
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
 # the embedded model's folder (data/tiny in a checkout, inside the package in a wheel), or $RECE_LITE_TINY
-TINY_PATH = tiny_path()
+TINY_PATH = tiny_path()  # as of import; load_pipeline reads tiny_path() afresh (RECE_LITE_TINY may change)
 
 #: ``model_index.json`` class names that :func:`load_pipeline` loads.
 SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
@@ -269,11 +270,13 @@ def load_pipeline(
     dtype = _check_dtype(dtype, dev)
     tiny = str(model) == "tiny"
     if tiny:
-        if not (TINY_PATH / "model_index.json").exists():
+        folder = tiny_path()
+        if not (folder / "model_index.json").exists():
             raise FileNotFoundError(
-                f"the embedded model is missing from {TINY_PATH}; train it with `python -m rece_lite.tiny.train`"
+                f"the embedded model is missing from {folder}; reinstall rece-lite, or train it with "
+                "`python -m rece_lite.tiny.train`"
             )
-        source: str | os.PathLike = TINY_PATH
+        source: str | os.PathLike = folder
     else:
         source = model
     local = Path(source).is_dir()
@@ -420,6 +423,7 @@ def sample(
     steps: int = 20,
     guidance: float = 6.0,
     batch_size: int = 64,
+    paired: bool = False,
 ):
     """Images for every prompt (or embedding) and seed, deterministically.
 
@@ -448,6 +452,8 @@ def sample(
         pooled: SDXL only, with ``embeds``: (P, 1280) or (1280,) pooled embeddings for
             the conditional branch; default: the empty prompt's (see above).
         seeds: S seeds; images come prompt-major: [p0 s0, p0 s1, ..., p1 s0, ...].
+        paired: ``seeds`` holds one seed per prompt (a prompt file's ``evaluation_seed``):
+            one image each, [p0 s0, p1 s1, ...].
         steps: sampling steps.
         guidance: classifier-free guidance scale.
 
@@ -466,11 +472,20 @@ def sample(
     else:
         conds = [prompts] if isinstance(prompts, str) else list(prompts)
     pooled_rows = _pooled_rows(pipe, pooled, embeds, sdxl)
-    jobs = [(i, s) for i in range(len(conds)) for s in seeds]
+    if paired:
+        seeds = list(seeds)
+        if len(seeds) != len(conds):
+            raise ValueError(f"paired=True needs one seed per prompt: {len(conds)} prompts, {len(seeds)} seeds")
+        jobs = list(enumerate(seeds))
+    else:
+        jobs = [(i, s) for i in range(len(conds)) for s in seeds]
     device = pipe.unet.device
-    out = []
-    for start in range(0, len(jobs), batch_size):
-        chunk = jobs[start : start + batch_size]
+    starts = list(range(0, len(jobs), batch_size))
+    split = parallel.current()
+    done: dict[int, np.ndarray] = {}
+    # under `accelerate launch`, this process draws only its share of the batches (see rece_lite.parallel)
+    for b in split.mine(len(starts)) if split else range(len(starts)):
+        chunk = jobs[starts[b] : starts[b] + batch_size]
         gens = [torch.Generator(device="cpu").manual_seed(int(s)) for _, s in chunk]
         kw = dict(num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="np")
         # latents drawn on the CPU from each image's generator, for the same images on every device
@@ -494,7 +509,9 @@ def sample(
             pe = torch.stack([conds[i] for i, _ in chunk]).to(device, pipe.text_encoder.dtype)
             neg = encode(pipe, [""] * len(chunk)).to(device, pe.dtype)
             res = pipe(prompt_embeds=pe, negative_prompt_embeds=neg, **kw)
-        out.append(np.clip(res.images * 255 + 0.5, 0, 255).astype(np.uint8))
+        done[b] = np.clip(res.images * 255 + 0.5, 0, 255).astype(np.uint8)
+    done = parallel.gather(done)
+    out = [done[b] for b in range(len(starts))]
     return np.concatenate(out)
 
 
