@@ -202,10 +202,18 @@ def gram(weights: list[torch.Tensor], others: list[torch.Tensor] | None = None) 
     if others is not None and len(others) != len(weights):
         raise ValueError(f"{len(weights)} weights but {len(others)} others")
     dev, d = solve_device(weights[0].device), weights[0].shape[1]
-    acc = torch.zeros(d, d, dtype=torch.float64, device=dev)
+    for w in [*weights, *(others or [])]:
+        if w.is_complex():
+            raise TypeError(f"gram: a complex matrix ({w.dtype}); the closed forms take real tensors")
+    # one float64 buffer per operand and one for the product, reused matrix after matrix
+    rows = max(w.shape[0] for w in weights)
+    w64 = torch.empty(rows, d, dtype=torch.float64, device=dev)
+    v64 = w64 if others is None else torch.empty(rows, d, dtype=torch.float64, device=dev)
+    prod, acc = torch.empty(d, d, dtype=torch.float64, device=dev), torch.zeros(d, d, dtype=torch.float64, device=dev)
     for i, w in enumerate(weights):
-        w64 = _f64(w, dev, "weights")
-        acc += w64.T @ (w64 if others is None else _f64(others[i], dev, "others"))
+        a = w64[: w.shape[0]].copy_(w.detach())
+        b = a if others is None else v64[: w.shape[0]].copy_(others[i].detach())
+        acc += torch.mm(a.T, b, out=prod)
     return acc
 
 

@@ -138,10 +138,10 @@ class Patch:
             if tuple(w.shape) != tuple(target.shape):
                 raise ValueError(f"{name}: patch shape {tuple(w.shape)} != model shape {tuple(target.shape)}")
             new[name] = w.to(target.device, target.dtype)  # the values as the model will hold them
-        for name, w in new.items():
-            if not _finite(w):
-                what = "holds NaN or inf" if not _finite(self.weights[name]) else f"overflows the model's {w.dtype}"
-                raise ValueError(f"{name}: the patch {what}; nothing was changed")
+        bad = _first_non_finite(new)
+        if bad is not None:
+            what = "holds NaN or inf" if not _finite(self.weights[bad]) else f"overflows the model's {new[bad].dtype}"
+            raise ValueError(f"{bad}: the patch {what}; nothing was changed")
         _write(mods, new)
 
     @contextlib.contextmanager
@@ -211,9 +211,20 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b.to(a.device))
 
 
-def _finite(w: torch.Tensor) -> bool:
-    # one reduction instead of an elementwise test: a float64 sum of floats is finite iff every entry is
-    return bool(torch.isfinite(w.sum(dtype=torch.float64)))
+def _finite(w: torch.Tensor) -> torch.Tensor:
+    """Whether every entry of ``w`` is finite, as a 0-d bool tensor on its device (no host sync)."""
+    if cf.solve_device(w.device) == w.device:
+        # a float64 sum of floats is finite iff every entry is: one reduction, no (out, d) mask
+        return torch.isfinite(w.sum(dtype=torch.float64))
+    return torch.isfinite(w).all()  # a device without float64
+
+
+def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
+    """The first name whose tensor holds NaN or inf, or None; one host sync where all share a device."""
+    flags = [_finite(w) for w in tensors.values()]
+    if len({f.device for f in flags}) == 1 and bool(torch.stack(flags).all()):
+        return None
+    return next((n for n, f in zip(tensors, flags) if not bool(f)), None)
 
 
 def _unet(pipe, what: str) -> torch.nn.Module:
@@ -243,6 +254,7 @@ def snapshot(pipe) -> Patch:
 def _apply_map(pipe, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
     """``W ← W · M`` for every K/V matrix; all new matrices are checked before any is written."""
     mods = layers.projections(pipe.unet)
+    fp = layers.fingerprint(pipe.unet)  # before the new weights exist: its scratch memory is free again
     new = {}
     cast: dict[tuple, torch.Tensor] = {}  # M in each (device, dtype) the matrices need, converted once
     for name, m in mods.items():
@@ -252,12 +264,11 @@ def _apply_map(pipe, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
         if key not in cast:
             cast[key] = M.to(work).to(w.device)
         new[name] = torch.mm(w.to(work), cast[key]).to(w.dtype)
-    sums = torch.stack([w.sum(dtype=torch.float64).to(M.device) for w in new.values()])
-    if not torch.isfinite(sums).all():  # one test (one device sync) for all matrices
-        name = next(n for n, w in new.items() if not _finite(w))
-        raise cf.SolveError(f"{name}: the edited weights overflow {new[name].dtype} (nothing was changed)")
+    bad = _first_non_finite(new)
+    if bad is not None:
+        raise cf.SolveError(f"{bad}: the edited weights overflow {new[bad].dtype} (nothing was changed)")
     _write(mods, new)
-    return Patch(new, layers.fingerprint(pipe.unet), metadata, M.detach().to("cpu"))
+    return Patch(new, fp, metadata, M.detach().to("cpu"))
 
 
 # ------------------------------------------------------------------------ embeddings

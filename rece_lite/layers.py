@@ -80,12 +80,12 @@ def fingerprint(unet: nn.Module) -> str:
     """
     edited = {id(m.weight) for m in projections(unet).values()}
     h = hashlib.sha256()
-    samples: dict[torch.device, list[torch.Tensor]] = {}  # views, gathered once per device
+    signs: dict[torch.device, list[torch.Tensor]] = {}  # gathered once per device
     for name, p in unet.named_parameters():
         h.update(f"{name}:{tuple(p.shape)};".encode())
         if id(p) not in edited:
             flat = p.detach().reshape(-1)
-            samples.setdefault(flat.device, []).append(_sample(flat).reshape(-1))
-    for views in samples.values():
-        h.update(torch.cat(views).signbit().to("cpu").numpy().tobytes())
+            signs.setdefault(flat.device, []).append(_sample(flat).signbit().reshape(-1))
+    for bits in signs.values():
+        h.update(torch.cat(bits).to("cpu").numpy().tobytes())
     return h.hexdigest()[:16]
