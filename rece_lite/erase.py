@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from rece_lite import closed_form as cf
 from rece_lite import layers
+from rece_lite._version import __version__
 from rece_lite.files import save_tensors
 from rece_lite.pipeline import check_prompts, check_supported, encode, last_subject_index
 
@@ -372,8 +373,6 @@ def _erase_rows(
 
 def edit_metadata(method: str, **settings) -> dict[str, str]:
     """What a Patch records about the edit that made it: method, settings, package version."""
-    from rece_lite import __version__
-
     return {"method": method, "version": __version__, **{k: str(v) for k, v in settings.items()}}
 
 
