@@ -202,7 +202,7 @@ def _compare(got: dict, exact: dict, dtype: torch.dtype) -> dict:
 # ------------------------------------------------------------ 3. the command on the tiny model
 def check_cli(device: torch.device, work: Path) -> dict:
     cmd = [sys.executable, "-m", "rece_lite.cli", "erase", "--model", "tiny", "--concept", "red", "--method", "rece",
-           "--seeds", "4", "--steps", "10"]  # fmt: skip
+           "--seeds", "2", "--steps", "8"]  # fmt: skip
     runs = {}
     where = {"cpu": {"CUDA_VISIBLE_DEVICES": ""}}
     if device.type == "cuda":
