@@ -30,6 +30,9 @@ _EXPORTS: dict[str, str] = {
     "generate_with_attention": "rece_lite.attention",
     "record_attention": "rece_lite.attention",
     "SolveError": "rece_lite.closed_form",
+    "LoraExport": "rece_lite.export",
+    "read_lora_info": "rece_lite.export",
+    "save_pretrained": "rece_lite.export",
     "Patch": "rece_lite.erase",
     "ReceResult": "rece_lite.erase",
     "derive_embedding": "rece_lite.erase",
@@ -52,6 +55,9 @@ __all__ = [
     "generate_with_attention",
     "record_attention",
     "SolveError",
+    "LoraExport",
+    "read_lora_info",
+    "save_pretrained",
     "Patch",
     "ReceResult",
     "derive_embedding",
@@ -91,4 +97,5 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     )
     from rece_lite.closed_form import SolveError
     from rece_lite.erase import Patch, ReceResult, derive_embedding, rece_erase, snapshot, uce_erase
+    from rece_lite.export import LoraExport, read_lora_info, save_pretrained
     from rece_lite.pipeline import Pipeline, encode, encode_pooled, load_pipeline, sample

@@ -35,7 +35,7 @@ from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from rece_lite import closed_form as cf
-from rece_lite import layers
+from rece_lite import export, layers
 from rece_lite._version import __version__
 from rece_lite.files import save_tensors
 from rece_lite.pipeline import check_prompts, check_supported, encode, last_subject_index
@@ -158,6 +158,16 @@ class Patch:
             yield
         finally:
             current.apply(pipe)
+
+    def to_lora(self, path: str | os.PathLike, rank: int | None = None, *, base: Patch | None = None):
+        """Write this edit as a LoRA that diffusers loads with ``pipe.load_lora_weights(path)``.
+
+        See :func:`rece_lite.export.to_lora`: exact at the edit's rank, or a truncated SVD whose
+        relative error is returned and stored in the file; ``base`` (a snapshot from before the
+        edit) makes it exact to float32 even when the edit's map is badly conditioned.
+        """
+        return export.to_lora(path, self.weights, self.map, rank=rank, base=base, fingerprint=self.fingerprint,
+                              metadata=self.metadata)  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as safetensors (tensors on the CPU), atomically: a temp file renamed into place."""

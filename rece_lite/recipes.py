@@ -38,9 +38,7 @@ class Recipe:
         )
 
     def rece_kwargs(self) -> dict:
-        kw = self.uce_kwargs()
-        kw["concepts"] = kw.pop("erase")
-        return dict(kw, reg=self.reg, reg_scale=self.reg_scale, epochs=self.epochs)
+        return dict(self.uce_kwargs(), reg=self.reg, reg_scale=self.reg_scale, epochs=self.epochs)
 
     def as_dict(self) -> dict:
         return asdict(self)
