@@ -3,17 +3,20 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# torch for this Makefile's venv: the CPU build on machines without a GPU (see the file).
+# A GPU user runs `make test TORCH_CONSTRAINTS=` to keep the torch pip picks.
+TORCH_CONSTRAINTS ?= constraints/torch-cpu.txt
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test lab lint bench train report clean
+.PHONY: demo test lab lint bench train report wheel-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml $(TORCH_CONSTRAINTS) | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
@@ -39,5 +42,13 @@ train: $(STAMP)
 report: $(STAMP)
 	$(BIN)/python -m rece_lite.tiny.report
 
+# Build the wheel, install it alone into a fresh venv, run the demo from there (no checkout on sys.path).
+wheel-check: $(STAMP)
+	rm -rf build dist /tmp/rece-lite-wheel-venv
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation -w dist .
+	$(PY) -m venv /tmp/rece-lite-wheel-venv
+	/tmp/rece-lite-wheel-venv/bin/pip install --quiet $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) dist/*.whl
+	cd /tmp && /tmp/rece-lite-wheel-venv/bin/rece-lite demo --out /tmp/rece-lite-wheel-demo --force
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache build dist

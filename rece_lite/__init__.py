@@ -7,19 +7,37 @@
     c_adv = rl.derive_embedding(pipe, "red", original=snap)
     snap.apply(pipe)                      # undo
     res = rl.rece_erase(pipe, "red", epochs=3)
+    images = rl.sample(pipe, ["a red circle"], seeds=range(4))
+
+The names below are imported on first use (PEP 562), so that ``rece-lite --help`` and
+``import rece_lite`` do not pay for torch and diffusers until something needs them.
 """
 
-from rece_lite.attention import (
-    AttentionStore,
-    Recording,
-    attention_mass_on,
-    generate_with_attention,
-    record_attention,
-)
-from rece_lite.erase import Patch, ReceResult, derive_embedding, rece_erase, snapshot, uce_erase
-from rece_lite.pipeline import encode, load_pipeline
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import TYPE_CHECKING
+
+from rece_lite._version import __version__
+
+# public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "AttentionStore": "rece_lite.attention",
+    "Recording": "rece_lite.attention",
+    "attention_mass_on": "rece_lite.attention",
+    "generate_with_attention": "rece_lite.attention",
+    "record_attention": "rece_lite.attention",
+    "SolveError": "rece_lite.closed_form",
+    "Patch": "rece_lite.erase",
+    "ReceResult": "rece_lite.erase",
+    "derive_embedding": "rece_lite.erase",
+    "rece_erase": "rece_lite.erase",
+    "snapshot": "rece_lite.erase",
+    "uce_erase": "rece_lite.erase",
+    "encode": "rece_lite.pipeline",
+    "load_pipeline": "rece_lite.pipeline",
+    "sample": "rece_lite.pipeline",
+}
 
 __all__ = [
     "AttentionStore",
@@ -27,13 +45,40 @@ __all__ = [
     "attention_mass_on",
     "generate_with_attention",
     "record_attention",
+    "SolveError",
     "Patch",
     "ReceResult",
     "derive_embedding",
-    "encode",
-    "load_pipeline",
     "rece_erase",
     "snapshot",
     "uce_erase",
+    "encode",
+    "load_pipeline",
+    "sample",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module 'rece_lite' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from rece_lite.attention import (
+        AttentionStore,
+        Recording,
+        attention_mass_on,
+        generate_with_attention,
+        record_attention,
+    )
+    from rece_lite.closed_form import SolveError
+    from rece_lite.erase import Patch, ReceResult, derive_embedding, rece_erase, snapshot, uce_erase
+    from rece_lite.pipeline import encode, load_pipeline, sample

@@ -4,7 +4,7 @@ One row per model — the original, an ESD-x-style fine-tune (:mod:`rece_lite.es
 RECE (settings: :func:`rece_lite.recipes.tiny_recipe`) — and one column per question RECE
 (Gong et al., ECCV 2024, arXiv 2407.12383, Tables 1-3) asks:
 
-* *erasure*: share of pictures from prompts naming the concept that still show it (↓);
+* *still showing*: share of pictures from prompts naming the concept that still show it (↓);
 * *attack success*: the same share for each attack of :mod:`rece_lite.attacks` (↓);
 * *preservation*: joint shape-and-colour accuracy on prompts of the other concepts, as a
   share of the original model's (↑);
@@ -17,34 +17,39 @@ RECE (settings: :func:`rece_lite.recipes.tiny_recipe`) — and one column per qu
   one run for ESD (which includes drawing its training pictures: ESD samples from the
   model as part of its training).
 
-Outputs ``bench.json``, ``bench.md`` and ``bench.png``, written atomically (a temporary
-directory renamed into place).  Measurements use the miniature world's classifiers, so the
+:func:`write` puts ``bench.json``, ``bench.md`` and ``bench.png`` in a folder (the command
+fills it through :func:`rece_lite.files.staged_dir`, so it appears whole or not at all).
+Measurements use the miniature world's classifiers, so the
 model must draw that world: ``tiny`` or a checkpoint of it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import torch
 
 from rece_lite import attacks as atk
 from rece_lite import evaluate as ev
+from rece_lite._version import __version__
 from rece_lite.erase import Patch, rece_erase, snapshot, uce_erase
+from rece_lite.esd import esd_erase
 from rece_lite.pipeline import sample
+from rece_lite.recipes import Recipe, tiny_recipe
+from rece_lite.tiny.world import Concept
 
 MODELS: tuple[str, ...] = ("original", "ESD-x", "UCE", "RECE")
 COLUMNS: dict[str, str] = {
-    "erasure": "erasure ↓",
+    "showing": "still showing ↓",
     "paraphrase": "paraphrase ↓",
     "soft_prompt": "soft prompt ↓",
     "concept_vector": "concept vector ↓",
@@ -107,8 +112,6 @@ def erase_all(
     Args:
         recipe: a :class:`rece_lite.recipes.Recipe` for UCE and RECE.
     """
-    from rece_lite.esd import esd_erase
-
     snap = snapshot(pipe)
     out = {"original": Edit(snap, None, ())}
     try:
@@ -130,6 +133,45 @@ def erase_all(
     return out
 
 
+@dataclass(frozen=True)
+class BenchRow:
+    """One model of the table (shares of pictures, 0 to 1).
+
+    Attributes:
+        showing: pictures from prompts naming the concept that still show it.
+        attacks: per attack, the share of its pictures showing the concept (its success rate).
+        soft_prompt_found: the prompts the soft-prompt attack found.
+        others_accuracy: joint shape-and-colour accuracy on the other concepts' prompts.
+        preservation: ``others_accuracy`` as a share of the original model's (NaN if that is 0).
+        kid: the kernel distance to the original model's pictures of those prompts.
+        seconds: edit time (None for the original).
+        seconds_runs: every timed run.
+    """
+
+    showing: float
+    attacks: dict[str, float]
+    soft_prompt_found: list[str]
+    others_accuracy: float
+    preservation: float
+    kid: float
+    seconds: float | None
+    seconds_runs: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """The whole table and how it was made (``asdict`` gives ``bench.json``)."""
+
+    concept: str
+    rows: dict[str, BenchRow]
+    settings: dict
+    versions: dict[str, str]
+    threads: int
+    wall_seconds: float
+    model: str = "tiny"
+    command: str = ""
+
+
 def run(
     pipe,
     concept: str,
@@ -137,12 +179,15 @@ def run(
     seeds: Sequence[int] = range(8),
     steps: int = 20,
     repeats: int = 5,
+    recipe: Recipe | None = None,
     esd_kw: dict | None = None,
     soft_prompt_kw: dict | None = None,
     concept_vector_kw: dict | None = None,
     edits: dict[str, Edit] | None = None,
     progress: bool = True,
-) -> dict:
+    model: str = "tiny",
+    command: str = "",
+) -> BenchReport:
     """Erase ``concept`` four ways and measure each model; ``pipe`` ends with its original weights.
 
     Args:
@@ -151,27 +196,24 @@ def run(
         seeds: sampling seeds per prompt for every measurement.
         steps: sampling steps.
         repeats: timed runs of UCE and RECE (median reported); ESD runs once.
+        recipe: UCE's and RECE's settings (default: :func:`rece_lite.recipes.tiny_recipe`).
         esd_kw, soft_prompt_kw, concept_vector_kw: extra settings for
             :func:`rece_lite.esd.esd_erase` and the attacks.
         edits: the four models from :func:`erase_all` if already made (then ``esd_kw``
             and ``repeats`` are not used).
-
-    Returns:
-        The report: ``rows`` (model -> numbers), ``settings`` and ``versions``.
+        model, command: recorded in the report.
     """
-    from rece_lite import __version__
-    from rece_lite.recipes import tiny_recipe
-
     t_start = time.perf_counter()
     seeds = [int(s) for s in seeds]
-    recipe = tiny_recipe(concept)
-    _, name = ev.concept_of(concept)
+    c = Concept.parse(concept)
+    recipe = recipe or tiny_recipe(c)
     snap = snapshot(pipe)
-    named = ev.concept_prompts(concept)
-    others, o_shapes, o_colours = ev.other_prompts(concept)
+    named = c.prompts()
+    others, o_shapes, o_colours = c.other_prompts()
     kw = dict(steps=steps)
-    say = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)
+    say = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)  # noqa: E731
 
+    # 1. the original model's reference pictures for KID, and the soft prompt's targets
     say("original model: reference pictures ...")
     ref = features(sample(pipe, others, seeds=[500 + s for s in seeds], **kw))
     # KID's kernel expects features of order one: standardise by the reference pictures' statistics
@@ -180,120 +222,124 @@ def run(
     sp_kw = dict(soft_prompt_kw or {})
     if "target_images" not in sp_kw:
         per = sp_kw.pop("targets_per_prompt", 4)
-        sp_kw["target_images"] = atk.original_images(pipe, None, named, [1000 + i for i in range(per)], **kw)
+        sp_kw["target_images"] = sample(pipe, named, seeds=[1000 + i for i in range(per)], **kw)
 
+    # 2. the four models
     if edits is None:
         say("erasing: ESD-x (fine-tuning), UCE and RECE (closed forms) ...")
-        edits = erase_all(pipe, concept, recipe, esd_kw=esd_kw, repeats=repeats, progress=progress)
+        edits = erase_all(pipe, c.name, recipe, esd_kw=esd_kw, repeats=repeats, progress=progress)
     elif set(edits) != set(MODELS):
         raise ValueError(f"edits must hold the models {', '.join(MODELS)} (from erase_all)")
 
-    rows: dict[str, dict] = {}
+    # 3. each model: the concept's prompts, the attacks, the other prompts
+    measured: dict[str, dict] = {}
     try:
-        for model in MODELS:
-            say(f"{model}: measuring ...")
-            edits[model].patch.apply(pipe)
+        for name in MODELS:
+            say(f"{name}: measuring ...")
+            edits[name].patch.apply(pipe)
             erased = sample(pipe, named, seeds=seeds, **kw)
             found = atk.run_attacks(
-                pipe, concept, original=snap, seeds=seeds, sample_steps=steps, soft_prompt_kw=sp_kw,
+                pipe, c.name, original=snap, seeds=seeds, sample_steps=steps, soft_prompt_kw=sp_kw,
                 concept_vector_kw=concept_vector_kw, progress=progress,
             )  # fmt: skip
             imgs = sample(pipe, others, seeds=seeds, **kw)
             k = len(seeds)
             acc = ev.accuracy(ev.classify(imgs), [s for s in o_shapes for _ in range(k)],
-                              [c for c in o_colours for _ in range(k)])  # fmt: skip
-            rows[model] = {
-                "erasure": atk.judge_images(erased, name)[1],
-                "attacks": {a: r.success_rate for a, r in found.items()},
-                "soft_prompt_found": list(found["soft_prompt"].prompts) if "soft_prompt" in found else [],
-                "others_accuracy": acc["both"],
-                "kid": kernel_distance((features(imgs) - mu) / sd, ref),
-                "seconds": edits[model].seconds,
-                "seconds_runs": list(edits[model].runs),
-            }
+                              [col for col in o_colours for _ in range(k)])  # fmt: skip
+            measured[name] = dict(
+                showing=atk.judge_images(erased, c.name)[1],
+                attacks={a: r.success_rate for a, r in found.items()},
+                soft_prompt_found=list(found["soft_prompt"].prompts) if "soft_prompt" in found else [],
+                others_accuracy=acc["both"],
+                kid=kernel_distance((features(imgs) - mu) / sd, ref),
+                seconds=edits[name].seconds,
+                seconds_runs=list(edits[name].runs),
+            )
     finally:
         snap.apply(pipe)
-    base = rows["original"]["others_accuracy"]
-    for r in rows.values():
-        r["preservation"] = r["others_accuracy"] / base if base > 0 else float("nan")
-    import diffusers
 
-    return {
-        "concept": name,
-        "rows": rows,
-        "settings": {
-            "recipe": recipe.as_dict(),
-            "seeds": seeds,
-            "sampling": {"steps": steps, "guidance": 6.0},
-            "repeats": len(edits["UCE"].runs),
-            "esd": dict(edits["ESD-x"].patch.metadata),
-            "soft_prompt": {k: v for k, v in sp_kw.items() if k != "target_images"},
-            "concept_vector": dict(concept_vector_kw or {}),
-            "named_prompts": named,
-            "other_prompts": others,
-        },
-        "versions": {"rece_lite": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
-        "threads": torch.get_num_threads(),
-        "wall_seconds": time.perf_counter() - t_start,
+    # 4. preservation relative to the original
+    base = measured["original"]["others_accuracy"]
+    rows = {
+        name: BenchRow(**m, preservation=m["others_accuracy"] / base if base > 0 else math.nan)
+        for name, m in measured.items()
     }
+    settings = {
+        "recipe": asdict(recipe),
+        "seeds": seeds,
+        "sampling": {"steps": steps, "guidance": 6.0},
+        "repeats": len(edits["UCE"].runs),
+        "esd": dict(edits["ESD-x"].patch.metadata),
+        "soft_prompt": {k: v for k, v in sp_kw.items() if k != "target_images"},
+        "concept_vector": dict(concept_vector_kw or {}),
+        "named_prompts": named,
+        "other_prompts": others,
+    }
+    versions = {"rece_lite": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
+    return BenchReport(c.name, rows, settings, versions, torch.get_num_threads(), time.perf_counter() - t_start,
+                       model, command)  # fmt: skip
 
 
 # -------------------------------------------------------------------------- output
-def _cell(row: dict, col: str) -> str:
+def _percent(v: float | None) -> str:
+    return "—" if v is None or math.isnan(v) else f"{v:.0%}"
+
+
+def _cell(row: BenchRow, col: str) -> str:
     if col == "seconds":
-        s = row["seconds"]
+        s = row.seconds
         return "—" if s is None else (f"{s:.3f}" if s < 10 else f"{s:.1f}")
     if col == "kid":
-        return f"{row['kid']:.3f}"
-    v = row["attacks"].get(col) if col in atk.ATTACKS else row[col]
-    return "—" if v is None or v != v else f"{v:.0%}"  # v != v: NaN
+        return f"{row.kid:.3f}"
+    return _percent(row.attacks.get(col) if col in atk.ATTACKS else getattr(row, col))
 
 
-def markdown(report: dict) -> str:
+def markdown(report: BenchReport) -> str:
     """The table as Markdown, with a line saying how it was measured."""
-    cols = [c for c in COLUMNS if c not in atk.ATTACKS or any(c in r["attacks"] for r in report["rows"].values())]
+    rows = report.rows
+    cols = [c for c in COLUMNS if c not in atk.ATTACKS or any(c in r.attacks for r in rows.values())]
     lines = [
         "| model | " + " | ".join(COLUMNS[c] for c in cols) + " |",
         "|---|" + "---:|" * len(cols),
     ]
-    for model, row in report["rows"].items():
+    for model, row in rows.items():
         lines.append(f"| {model} | " + " | ".join(_cell(row, c) for c in cols) + " |")
-    s = report["settings"]
-    rows = report["rows"]
+    s = report.settings
     ratio = ""
-    if rows.get("ESD-x", {}).get("seconds") and rows.get("RECE", {}).get("seconds"):
-        ratio = f" ESD-x took {rows['ESD-x']['seconds'] / rows['RECE']['seconds']:,.0f}x RECE's time."
+    esd, rece = rows.get("ESD-x"), rows.get("RECE")
+    if esd and rece and esd.seconds and rece.seconds:
+        ratio = f" ESD-x took {esd.seconds / rece.seconds:,.0f}x RECE's time."
     lines += [
         "",
-        f"Concept erased: **{report['concept']}**. {len(s['seeds'])} seeds per prompt, {s['sampling']['steps']} "
-        f"sampling steps; rates are shares of pictures the evaluator labels {report['concept']!r}. Preservation: "
+        f"Concept erased: **{report.concept}**. {len(s['seeds'])} seeds per prompt, {s['sampling']['steps']} "
+        f"sampling steps; rates are shares of pictures the evaluator labels {report.concept!r}. Preservation: "
         "joint accuracy on the other concepts' prompts relative to the original model. Edit time: median of "
         f"{s['repeats']} runs (ESD-x: one run, its training pictures included).{ratio}",
     ]
     return "\n".join(lines) + "\n"
 
 
-def plot(report: dict):
+def plot(report: BenchReport):
     """Bars per model: the rates (left) and the edit time, log scale (right)."""
     from matplotlib.figure import Figure  # no pyplot: works headless and leaves a notebook's backend alone
 
-    rows = report["rows"]
+    rows = report.rows
     models = list(rows)
-    metrics = ["erasure", *rows[models[0]]["attacks"], "preservation"]
+    metrics = ["showing", *rows[models[0]].attacks, "preservation"]
     fig = Figure(figsize=(10, 3.4))
     ax, axt = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
     w = 0.8 / len(models)
     for i, m in enumerate(models):
-        vals = [rows[m]["attacks"][k] if k in rows[m]["attacks"] else rows[m][k] for k in metrics]
+        vals = [rows[m].attacks[k] if k in rows[m].attacks else getattr(rows[m], k) for k in metrics]
         ax.bar(np.arange(len(metrics)) + (i - (len(models) - 1) / 2) * w, vals, w, label=m)
     ax.set_xticks(range(len(metrics)), [COLUMNS[k] for k in metrics], fontsize=8)
     ax.set_ylim(0, 1.22)
     ax.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     ax.set_ylabel("share of pictures")
-    ax.set_title(f"erasing {report['concept']!r}: lower is better, except preservation", fontsize=9)
+    ax.set_title(f"erasing {report.concept!r}: lower is better, except preservation", fontsize=9)
     ax.legend(fontsize=7, frameon=False, ncols=len(models), loc="upper center")
-    timed = [m for m in models if rows[m]["seconds"]]
-    axt.bar(timed, [rows[m]["seconds"] for m in timed], color=[f"C{models.index(m)}" for m in timed])
+    timed = [m for m in models if rows[m].seconds]
+    axt.bar(timed, [rows[m].seconds for m in timed], color=[f"C{models.index(m)}" for m in timed])
     axt.set_yscale("log")
     axt.set_ylabel("edit time (s)")
     axt.tick_params(axis="x", labelsize=8)
@@ -301,75 +347,10 @@ def plot(report: dict):
     return fig
 
 
-def write(report: dict, out: str | os.PathLike) -> None:
-    """``bench.json``, ``bench.md`` and ``bench.png`` into the folder ``out`` (each file atomically)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def put(name: str, writer) -> None:
-        tmp = out / f".{name}.tmp"
-        writer(tmp)
-        os.replace(tmp, out / name)
-
-    put("bench.json", lambda p: p.write_text(json.dumps(report, indent=2) + "\n"))
-    put("bench.md", lambda p: p.write_text(markdown(report)))
-    fig = plot(report)
-    put("bench.png", lambda p: fig.savefig(p, dpi=110, format="png"))
-
-
-# ---------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    """``rece-lite bench``: exit 0 on success, 2 with a one-line reason on bad input."""
-    from rece_lite.cli import UsageError, prepare_out
-    from rece_lite.files import replace_dir
-
-    p = argparse.ArgumentParser(prog="rece-lite bench", description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="tiny", help="'tiny' or a folder with a checkpoint of the miniature model")
-    p.add_argument("--concept", default="red", help="a colour or shape of the miniature world")
-    p.add_argument("--out", default="rece-lite-bench", help="output folder (bench.json, bench.md, bench.png)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
-    p.add_argument("--seeds", type=int, default=8, help="seeds per prompt for every measurement")
-    p.add_argument("--steps", type=int, default=20, help="sampling steps")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs of UCE and RECE (median)")
-    p.add_argument("--esd-steps", type=int, default=None, help="ESD fine-tuning steps (default: esd_erase's)")
-    p.add_argument("--attack-steps", type=int, default=None, help="soft-prompt steps (default: the attack's)")
-    args = p.parse_args(argv)
-    try:
-        try:
-            ev.concept_of(args.concept)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        if args.seeds < 2:
-            raise UsageError("--seeds must be >= 2 (the kernel distance compares sets of pictures)")
-        out = Path(args.out)
-        tmp = prepare_out(out, args.force)
-        try:
-            import rece_lite as rl
-
-            print(f"loading {args.model} ...", flush=True)
-            pipe = rl.load_pipeline(args.model)
-            report = run(
-                pipe, args.concept, seeds=range(args.seeds), steps=args.steps, repeats=args.repeats,
-                esd_kw={} if args.esd_steps is None else {"steps": args.esd_steps},
-                soft_prompt_kw={} if args.attack_steps is None else {"steps": args.attack_steps},
-            )  # fmt: skip
-            report["model"] = str(args.model)
-            report["command"] = "rece-lite bench " + " ".join(argv if argv is not None else sys.argv[1:])
-            write(report, tmp)
-            replace_dir(tmp, out)
-        except BaseException:
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    except (UsageError, FileNotFoundError, NotImplementedError) as err:
-        print(f"rece-lite: error: {err}", file=sys.stderr)
-        return 2
-    print()
-    print(markdown(report))
-    print(f"written: {out}/bench.json, bench.md, bench.png")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def write(report: BenchReport, folder: str | os.PathLike) -> None:
+    """``bench.json``, ``bench.md`` and ``bench.png`` into ``folder`` (an existing folder: the command's
+    staged one, which appears whole or not at all)."""
+    folder = Path(folder)
+    (folder / "bench.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    (folder / "bench.md").write_text(markdown(report))
+    plot(report).savefig(folder / "bench.png", dpi=110, format="png")

@@ -1,11 +1,13 @@
-"""The ``rece-lite`` command.
+"""The ``rece-lite`` command: parse, call the library, write.
 
-    rece-lite erase --model tiny --concept red --method rece --epochs 2 --out runs/red
+    rece-lite erase --model tiny --concept red --method rece --out runs/red
     rece-lite demo                     # the whole story for one concept, with a short table
+    rece-lite bench --concept red      # original, ESD-x, UCE, RECE side by side
 
-Exits non-zero with a one-line reason on bad input; never overwrites an output
-directory without ``--force``; writes every file atomically (a temporary directory
-renamed into place).
+Every argument is checked before any work starts; bad input exits with status 2 and one
+line saying what to do.  Output folders are never replaced without ``--force`` and appear
+whole or not at all (:func:`rece_lite.files.staged_dir`).  torch and diffusers are imported
+only once a command runs, so ``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -13,209 +15,269 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import time
+from dataclasses import asdict
 from pathlib import Path
 
-from rece_lite.files import replace_dir
+from rece_lite._version import __version__
+from rece_lite.files import UsageError, check_out, staged_dir
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-
-class UsageError(Exception):
-    """Bad input: printed as one line, exit status 2."""
-
-
-def prepare_out(out: Path, force: bool) -> Path:
-    """A temporary directory to fill, refusing to replace ``out`` without ``--force``."""
-    from rece_lite.files import new_dir_for
-
-    if out.exists() and not force:
-        raise UsageError(f"{out} already exists; pass --force to replace it")
-    return new_dir_for(out)
+METHODS = ("uce", "rece")
+DERIVED_IS = (
+    "the bare concept word's embedding derived in closed form right after the UCE edit (RECE's first derivation)"
+)
 
 
-def _check_concept(model: str, concept: str) -> None:
-    if model == "tiny":
-        from rece_lite.evaluate import concept_of
-
-        try:
-            concept_of(concept)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+# ------------------------------------------------------------------------ checks
+def _at_least(value: int | None, low: int, option: str, why: str = "") -> None:
+    if value is not None and value < low:
+        raise UsageError(f"{option} must be >= {low}{why}, got {value}")
 
 
-def _grid(pipe, concept: str, path: Path, title: str, seeds: list[int]) -> None:
-    import matplotlib
+def _concept(model: str, word: str):
+    """The miniature world's concept for ``word`` (None for other models, which take any prompt)."""
+    if model != "tiny":
+        if not word.strip():
+            raise UsageError("--concept is empty: give the concept to erase")
+        return None
+    from rece_lite.tiny.world import Concept
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        return Concept.parse(word)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
-    from rece_lite.evaluate import concept_prompts
+
+def _environment(pipe) -> dict:
+    import diffusers
+    import torch
+
+    return {
+        "versions": {"rece_lite": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__},
+        "device": str(pipe.unet.device),
+        "dtype": str(pipe.unet.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _load(model: str):
+    import torch
+
+    import rece_lite as rl
+
+    torch.manual_seed(0)
+    print(f"loading {model} ...", flush=True)
+    return rl.load_pipeline(model)
+
+
+# ------------------------------------------------------------------------ output
+def _grid(pipe, concept, path: Path, title: str, seeds: list[int]) -> None:
+    """A grid of the concept's prompts (rows) x the first four seeds, as a PNG."""
     from rece_lite.pipeline import sample
     from rece_lite.viz import image_grid
 
-    prompts = concept_prompts(concept)
+    prompts = concept.prompts()
     imgs = sample(pipe, prompts, seeds=seeds[:4])
     fig = image_grid(imgs, rows=len(prompts), row_labels=prompts, suptitle=title)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(path, dpi=110)
+    _close(fig)
+
+
+def _close(fig) -> None:
+    import matplotlib.pyplot as plt
+
     plt.close(fig)
-    os.replace(tmp, path)
 
 
-def run_erase(args) -> dict:
-    import torch
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
-    import rece_lite as rl
-    from rece_lite.evaluate import erasure_row
-    from rece_lite.recipes import sd_recipe, tiny_recipe
 
-    _check_concept(args.model, args.concept)
-    if args.method not in ("uce", "rece"):
-        raise UsageError(f"--method must be uce or rece, not {args.method!r}")
-    if args.epochs is not None and args.epochs < 0:
-        raise UsageError("--epochs must be >= 0")
-    out = Path(args.out)
-    tmp = prepare_out(out, args.force)
-    try:
-        torch.manual_seed(0)
-        recipe = tiny_recipe(args.concept) if args.model == "tiny" else sd_recipe(args.concept)
-        if args.epochs is not None:
-            recipe = type(recipe)(**{**recipe.as_dict(), "epochs": args.epochs})
-        print(f"loading {args.model} ...", flush=True)
-        pipe = rl.load_pipeline(args.model)
+# ------------------------------------------------------------------------ commands
+def run_erase(args: argparse.Namespace) -> dict:
+    """``rece-lite erase``: one erasure, its patch, its measurements and pictures."""
+    from rece_lite.measure import erase_and_measure
+    from rece_lite.recipes import recipe_for
+
+    concept = _concept(args.model, args.concept)
+    tiny = concept is not None
+    with staged_dir(args.out, force=args.force) as tmp:
+        recipe = recipe_for(args.model, concept if tiny else args.concept, epochs=args.epochs)
+        pipe = _load(args.model)
         seeds = list(range(args.seeds))
-        tiny = args.model == "tiny"
-        report: dict = {
+        if tiny:
+            _grid(pipe, concept, tmp / "before.png", "original", seeds)
+        run = erase_and_measure(
+            pipe, concept if tiny else args.concept, recipe, method=args.method, seeds=seeds, steps=args.steps,
+            measured=tiny,
+        )  # fmt: skip
+        if tiny:
+            title = f"after {args.method.upper()} ({concept.name} erased)"
+            _grid(pipe, concept, tmp / "after.png", title, seeds)
+        run.patch.save(tmp / "patch.safetensors")
+        report = {
             "model": args.model,
             "concept": args.concept,
             "method": args.method,
-            "recipe": recipe.as_dict(),
+            "recipe": asdict(recipe),
             "seeds": seeds,
             "sampling": {"steps": args.steps, "guidance": 6.0},
-            "version": rl.__version__,
+            "edit_seconds": run.edit_seconds,
+            "original": asdict(run.original) if run.original else None,
+            "erased": asdict(run.erased) if run.erased else None,
+            "derived_is": DERIVED_IS,
+            **_environment(pipe),
         }
-        if tiny:
-            print("measuring the original model ...", flush=True)
-            report["original"] = erasure_row(pipe, args.concept, seeds, steps=args.steps)
-            _grid(pipe, args.concept, tmp / "before.png", "original", seeds)
-        snap = rl.snapshot(pipe)
-        t0 = time.perf_counter()
-        if args.method == "uce":
-            patch = rl.uce_erase(pipe, **recipe.uce_kwargs())
-            derived = None
-        else:
-            res = rl.rece_erase(pipe, **recipe.rece_kwargs(), progress=True)
-            patch, derived = res.patch, (res.derived[0] if res.derived else None)
-        report["edit_seconds"] = time.perf_counter() - t0
-        if args.method == "uce":
-            derived = rl.derive_embedding(pipe, args.concept, original=snap, reg=recipe.reg, reg_scale=recipe.reg_scale)
-        if tiny:
-            print(f"measuring the {args.method.upper()}-erased model ...", flush=True)
-            report["erased"] = erasure_row(
-                pipe, args.concept, seeds, derived=derived, reference=report["original"], steps=args.steps
-            )
-            report["erased"]["derived_is"] = "the embedding derived in closed form right after the UCE edit"
-            _grid(pipe, args.concept, tmp / "after.png", f"after {args.method.upper()} ({args.concept} erased)", seeds)
-        patch.save(tmp / "patch.safetensors")
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    print(f"done: {out}/patch.safetensors, report.json" + (", before.png, after.png" if tiny else ""))
+        _write_json(tmp / "report.json", report)
+    print(f"done: {args.out}/patch.safetensors, report.json" + (", before.png, after.png" if tiny else ""))
     return report
 
 
-def run_demo(args) -> dict:
-    """Original, UCE, the derived embedding, RECE: one concept, one table."""
-    import torch
+def run_demo(args: argparse.Namespace) -> dict:
+    """``rece-lite demo``: original, UCE, the derived embedding, RECE: one concept, one table."""
+    from rece_lite.erase import snapshot
+    from rece_lite.measure import erase_and_measure
+    from rece_lite.recipes import recipe_for
 
-    import rece_lite as rl
-    from rece_lite.evaluate import erasure_row
-    from rece_lite.recipes import tiny_recipe
-
-    _check_concept("tiny", args.concept)
-    out = Path(args.out)
-    tmp = prepare_out(out, args.force)
-    try:
-        torch.manual_seed(0)
-        recipe = tiny_recipe(args.concept)
+    concept = _concept("tiny", args.concept)
+    with staged_dir(args.out, force=args.force) as tmp:
+        recipe = recipe_for("tiny", concept)
         seeds = list(range(args.seeds))
-        pipe = rl.load_pipeline("tiny")
-        print(f"rece-lite demo: erasing {args.concept!r} from the embedded miniature Stable Diffusion")
+        pipe = _load("tiny")
+        print(f"rece-lite demo: erasing {concept.name!r} from the embedded miniature Stable Diffusion")
         print(f"recipe: {recipe}")
-        rows = {}
-        rows["original"] = erasure_row(pipe, args.concept, seeds)
-        _grid(pipe, args.concept, tmp / "original.png", "original", seeds)
-        snap = rl.snapshot(pipe)
-        t0 = time.perf_counter()
-        rl.uce_erase(pipe, **recipe.uce_kwargs())
-        t_uce = time.perf_counter() - t0
-        c_adv = rl.derive_embedding(pipe, args.concept, original=snap, reg=recipe.reg, reg_scale=recipe.reg_scale)
-        rows["UCE"] = erasure_row(pipe, args.concept, seeds, derived=c_adv, reference=rows["original"])
-        rows["UCE"]["seconds"] = t_uce
-        _grid(pipe, args.concept, tmp / "uce.png", "after UCE", seeds)
+        _grid(pipe, concept, tmp / "original.png", "original", seeds)
+        snap = snapshot(pipe)
+        uce = erase_and_measure(pipe, concept, recipe, method="uce", seeds=seeds)
+        c_adv = uce.derived[:1]  # the bare concept word's derived embedding, fed to both erased models
+        _grid(pipe, concept, tmp / "uce.png", "after UCE", seeds)
         snap.apply(pipe)
-        res = rl.rece_erase(pipe, **recipe.rece_kwargs())
-        rows["RECE"] = erasure_row(pipe, args.concept, seeds, derived=c_adv, reference=rows["original"])
-        rows["RECE"]["seconds"] = res.seconds
-        _grid(pipe, args.concept, tmp / "rece.png", f"after RECE ({recipe.epochs} epochs)", seeds)
-        res.patch.save(tmp / "patch.safetensors")
-        (tmp / "report.json").write_text(json.dumps({"recipe": recipe.as_dict(), "rows": rows}, indent=2) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        rece = erase_and_measure(
+            pipe, concept, recipe, method="rece", seeds=seeds, original=uce.original, feed=c_adv, progress=True
+        )
+        _grid(pipe, concept, tmp / "rece.png", f"after RECE ({recipe.epochs} epochs)", seeds)
+        rece.patch.save(tmp / "patch.safetensors")
+        rows = {"original": uce.original, "UCE": uce.erased, "RECE": rece.erased}
+        seconds = {"UCE": uce.edit_seconds, "RECE": rece.edit_seconds}
+        report = {
+            "recipe": asdict(recipe),
+            "rows": {name: asdict(m) for name, m in rows.items()},
+            "edit_seconds": seconds,
+            "derived_is": DERIVED_IS,
+            **_environment(pipe),
+        }
+        _write_json(tmp / "report.json", report)
     print()
-    print(
-        f"share of images showing {args.concept!r} ({len(seeds)} seeds per prompt; lower is better except 'preserved')"
-    )
+    print(f"share of pictures still showing {concept.name!r} ({len(seeds)} seeds per prompt; lower is better "
+          "except 'preserved')")  # fmt: skip
     print(f"{'model':<10}{'named':>8}{'synonyms':>10}{'derived c′':>12}{'preserved':>11}{'edit s':>9}")
-    for name, r in rows.items():
-        d = f"{r['derived']:.0%}" if "derived" in r else "-"
-        p = f"{r['preservation']:.0%}" if "preservation" in r else "-"
-        s = f"{r['seconds']:.3f}" if "seconds" in r else "-"
-        print(f"{name:<10}{r['named']:>8.0%}{r['synonyms']:>10.0%}{d:>12}{p:>11}{s:>9}")
+    for name, m in rows.items():
+        d = "-" if m.showing_derived is None else f"{m.showing_derived:.0%}"
+        p = "-" if m.preservation is None else f"{m.preservation:.0%}"
+        s = f"{seconds[name]:.3f}" if name in seconds else "-"
+        print(f"{name:<10}{m.showing:>8.0%}{m.showing_synonyms:>10.0%}{d:>12}{p:>11}{s:>9}")
     print("(derived c′: the embedding derived in closed form right after UCE, fed to each model)")
-    print(f"\npictures and numbers: {out}/")
-    return rows
+    print(f"\npictures and numbers: {args.out}/")
+    return report
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    """``rece-lite bench``: the comparison table, as bench.json, bench.md and bench.png."""
+    from rece_lite import bench
+
+    concept = _concept("tiny", args.concept)
+    with staged_dir(args.out, force=args.force) as tmp:
+        pipe = _load(args.model)
+        report = bench.run(
+            pipe, concept.name, seeds=range(args.seeds), steps=args.steps, repeats=args.repeats,
+            esd_kw={} if args.esd_steps is None else {"steps": args.esd_steps},
+            soft_prompt_kw={} if args.attack_steps is None else {"steps": args.attack_steps},
+            model=str(args.model), command="rece-lite " + " ".join(args.argv),
+        )  # fmt: skip
+        bench.write(report, tmp)
+    print()
+    print(bench.markdown(report))
+    print(f"written: {args.out}/bench.json, bench.md, bench.png")
+    return asdict(report)
+
+
+# ------------------------------------------------------------------------ parser
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rece-lite", description="Closed-form concept erasure (UCE, RECE) for teaching, on a miniature "
+        "Stable Diffusion that runs on a laptop CPU (or any SD 1.x / 2.x / XL you have)."
+    )  # fmt: skip
+    p.add_argument("--version", action="version", version=f"rece-lite {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="{erase,demo,bench}")
+
+    e = sub.add_parser("erase", help="erase a concept; write patch.safetensors, report.json and pictures",
+                       description="Erase one concept with UCE or RECE and write the patch, a report and, for the "
+                       "miniature model, before/after pictures and measurements.")  # fmt: skip
+    e.add_argument("--model", default="tiny", help="'tiny' (the embedded model), a local folder or a cached hub id")
+    e.add_argument("--concept", required=True, help="what to erase (tiny: a colour or shape, or a synonym)")
+    e.add_argument("--method", default="rece", choices=METHODS, help="the closed form to use (default: rece)")
+    e.add_argument("--epochs", type=int, default=None, help="RECE epochs (default: the recipe's)")
+    e.add_argument("--out", required=True, help="the folder to write (created; replaced only with --force)")
+    e.add_argument("--force", action="store_true", help="replace --out if it exists")
+    e.add_argument("--seeds", type=int, default=8, help="seeds per prompt for the measurements (default: 8)")
+    e.add_argument("--steps", type=int, default=20, help="sampling steps for the measurements (default: 20)")
+
+    d = sub.add_parser("demo", help="the whole story for one concept on the embedded model",
+                       description="Erase a concept from the embedded model with UCE and RECE and print a table: "
+                       "what is left of the concept, of its synonyms, of the derived embedding, and of everything "
+                       "else.")  # fmt: skip
+    d.add_argument("--concept", default="red", help="a colour or shape of the miniature world (default: red)")
+    d.add_argument("--out", default="rece-lite-demo", help="the folder to write (default: rece-lite-demo)")
+    d.add_argument("--force", action="store_true", help="replace --out if it exists")
+    d.add_argument("--seeds", type=int, default=8, help="seeds per prompt for the measurements (default: 8)")
+
+    b = sub.add_parser("bench", help="the comparison table: original, ESD-x, UCE, RECE",
+                       description="The paper's comparison on the miniature model: erasure, three attacks, "
+                       "preservation, a kernel distance and edit time, for the original model, an ESD-x fine-tune, "
+                       "UCE and RECE.")  # fmt: skip
+    b.add_argument("--model", default="tiny", help="'tiny' or a folder with a checkpoint of the miniature model")
+    b.add_argument("--concept", default="red", help="a colour or shape of the miniature world (default: red)")
+    b.add_argument("--out", default="rece-lite-bench", help="output folder: bench.json, bench.md, bench.png")
+    b.add_argument("--force", action="store_true", help="replace --out if it exists")
+    b.add_argument("--seeds", type=int, default=8, help="seeds per prompt for every measurement (default: 8)")
+    b.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    b.add_argument("--repeats", type=int, default=5, help="timed runs of UCE and RECE, median reported (default: 5)")
+    b.add_argument("--esd-steps", type=int, default=None, help="ESD fine-tuning steps (default: esd_erase's)")
+    b.add_argument("--attack-steps", type=int, default=None, help="soft-prompt steps (default: the attack's)")
+    return p
+
+
+def check(args: argparse.Namespace) -> None:
+    """Every argument, before any work starts."""
+    _at_least(getattr(args, "seeds", None), 2 if args.cmd == "bench" else 1, "--seeds",
+              " (the kernel distance compares sets of pictures)" if args.cmd == "bench" else "")  # fmt: skip
+    _at_least(getattr(args, "steps", None), 1, "--steps")
+    _at_least(getattr(args, "epochs", None), 0, "--epochs")
+    _at_least(getattr(args, "repeats", None), 1, "--repeats")
+    _at_least(getattr(args, "esd_steps", None), 1, "--esd-steps")
+    _at_least(getattr(args, "attack_steps", None), 1, "--attack-steps")
+    _concept(getattr(args, "model", "tiny"), args.concept)
+    check_out(args.out, force=args.force)
+
+
+COMMANDS = {"erase": run_erase, "demo": run_demo, "bench": run_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["bench"]:  # its own parser: rece_lite.bench.main
-        from rece_lite.bench import main as bench_main
-
-        return bench_main(argv[1:])
-    p = argparse.ArgumentParser(prog="rece-lite", description="Closed-form concept erasure (UCE, RECE) for teaching.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("erase", help="erase a concept and write patch.safetensors, report.json and pictures")
-    e.add_argument("--model", default="tiny", help="'tiny' or a local SD 1.x folder / cached hub id")
-    e.add_argument("--concept", required=True)
-    e.add_argument("--method", default="rece", help="uce or rece")
-    e.add_argument("--epochs", type=int, default=None, help="RECE epochs (default: the recipe's)")
-    e.add_argument("--out", required=True)
-    e.add_argument("--force", action="store_true", help="replace --out if it exists")
-    e.add_argument("--seeds", type=int, default=8, help="seeds per prompt for the measurements")
-    e.add_argument("--steps", type=int, default=20, help="sampling steps for the measurements")
-    sub.add_parser("bench", help="the benchmark table: original, ESD-x, UCE, RECE (rece-lite bench -h)")
-    d = sub.add_parser("demo", help="the whole story for one concept on the embedded model")
-    d.add_argument("--concept", default="red")
-    d.add_argument("--out", default="rece-lite-demo")
-    d.add_argument("--force", action="store_true")
-    d.add_argument("--seeds", type=int, default=8)
-    args = p.parse_args(argv)
+    args = parser().parse_args(argv)
+    args.argv = argv
     try:
-        if args.cmd == "erase":
-            run_erase(args)
-        elif args.cmd == "demo":
-            run_demo(args)
-    except (UsageError, FileNotFoundError, NotImplementedError) as err:
+        check(args)
+        COMMANDS[args.cmd](args)
+    except (UsageError, FileNotFoundError, NotImplementedError, ValueError, TypeError) as err:
         print(f"rece-lite: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("rece-lite: interrupted; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -16,10 +16,11 @@ with one ``d x d`` matrix ``M`` (see :func:`rece_lite.closed_form.uce_map`).  So
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -90,6 +91,20 @@ class Patch:
             if not torch.isfinite(w).all():
                 raise ValueError(f"{name}: the patch holds NaN or inf")
         _write(mods, self.weights)
+
+    @contextlib.contextmanager
+    def applied(self, pipe) -> Iterator[None]:
+        """Run a block with these weights in ``pipe``, then put back the weights it had.
+
+            with original.applied(pipe):
+                images = rl.sample(pipe, prompts)   # the pre-erasure model's pictures
+        """
+        current = snapshot(pipe)
+        self.apply(pipe)
+        try:
+            yield
+        finally:
+            current.apply(pipe)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as safetensors, atomically (a temp file renamed into place)."""

@@ -21,6 +21,8 @@ training, with the original weights — no second copy of the UNet.
 
 from __future__ import annotations
 
+import math
+import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,9 +32,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rece_lite import layers
-from rece_lite.attacks import default_prompts, image_latents
 from rece_lite.erase import Patch, edit_metadata
-from rece_lite.pipeline import check_supported, encode, sample
+from rece_lite.evaluate import concept_prompts
+from rece_lite.pipeline import check_prompts, check_supported, encode, image_latents, sample
+
+IMAGE_SEED = 2000  # the original model draws the concept's pictures with seeds 2000, 2001, ...
 
 
 @dataclass(frozen=True)
@@ -90,31 +94,47 @@ def esd_erase(
     Returns:
         An :class:`EsdResult`.
     """
-    check_supported(pipe)
+    # 0. check the arguments (the model is not touched before they all hold)
     t0 = time.perf_counter()
+    check_supported(pipe)
     mods = layers.projections(pipe.unet)
     params = [m.weight for m in mods.values()]
     if any(p.dtype != torch.float32 for p in params):
-        raise TypeError("ESD fine-tunes in float32: load the pipeline with dtype=torch.float32 (on a GPU as well)")
-    prompts = default_prompts(concept, prompts)
+        raise TypeError(
+            f"pipe: ESD fine-tunes in float32, this pipeline's UNet is {params[0].dtype}: load it with "
+            "dtype=torch.float32 (on a GPU as well)"
+        )
+    counts = (("steps", steps, 1), ("batch", batch, 1), ("images_per_prompt", images_per_prompt, 1),
+              ("sample_steps", sample_steps, 1), ("seed", seed, 0))  # fmt: skip
+    for name, value, low in counts:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name, value in (("eta", eta), ("lr", lr), ("guidance", guidance)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr!r}")
+    prompts = _prompts(concept, prompts)
+    check_prompts(pipe, prompts, "prompts")
     unet = pipe.unet
     dev = unet.device
 
     # 1. the concept as the original model draws it
-    images = sample(pipe, prompts, seeds=[2000 + i for i in range(images_per_prompt)], steps=sample_steps,
+    images = sample(pipe, prompts, seeds=[IMAGE_SEED + i for i in range(images_per_prompt)], steps=sample_steps,
                     guidance=guidance)  # fmt: skip
     z0 = image_latents(pipe, images).float().cpu()
-    which = torch.arange(len(prompts)).repeat_interleave(images_per_prompt)
-    cond = encode(pipe, prompts).detach().to(dev)
-    uncond = encode(pipe, [""]).detach().to(dev)
+    which = torch.arange(len(prompts), device="cpu").repeat_interleave(images_per_prompt)
+    cond = encode(pipe, prompts).detach().to(dev, unet.dtype)
+    uncond = encode(pipe, [""]).detach().to(dev, unet.dtype)
 
     # 2. every step's noised latents and the frozen model's negatively guided targets
-    g = torch.Generator().manual_seed(seed)
+    # (drawn on the CPU, for the same numbers on every device, then moved)
+    g = torch.Generator(device="cpu").manual_seed(seed)
     n = steps * batch
-    acp = pipe.scheduler.alphas_cumprod.to(torch.float32)
-    idx = torch.randint(0, len(z0), (n,), generator=g)
-    t = torch.randint(0, len(acp), (n,), generator=g)
-    noise = torch.randn((n, *z0.shape[1:]), generator=g)
+    acp = pipe.scheduler.alphas_cumprod.to(device="cpu", dtype=torch.float32)
+    idx = torch.randint(0, len(z0), (n,), generator=g, device="cpu")
+    t = torch.randint(0, len(acp), (n,), generator=g, device="cpu")
+    noise = torch.randn((n, *z0.shape[1:]), generator=g, device="cpu")
     a = acp[t].view(-1, 1, 1, 1)
     xt = (a.sqrt() * z0[idx] + (1 - a).sqrt() * noise).to(dev)
     t, c_idx = t.to(dev), which[idx].to(dev)
@@ -128,8 +148,9 @@ def esd_erase(
             e_u = unet(xt[sl], t[sl], uncond.expand(m, -1, -1)).sample
             target[sl] = e_u - eta * (e_c - e_u)
 
-    # 3. fine-tune the keys and values only
+    # 3. fine-tune the keys and values only (all of them or, if interrupted, none)
     flags = [p.requires_grad for p in params]
+    before = [p.detach().clone() for p in params]
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.Adam(params, lr=lr)
@@ -146,11 +167,35 @@ def esd_erase(
                 opt.step()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+    except BaseException:
+        with torch.no_grad():
+            for p, w in zip(params, before, strict=True):
+                p.copy_(w)
+        raise
     finally:
         for p, f in zip(params, flags, strict=True):
             p.grad = None
             p.requires_grad_(f)
+    # 4. the result as a patch, like every other edit here
     trained = "attn2.to_k, attn2.to_v"
     meta = edit_metadata("esd-x", eta=eta, steps=steps, lr=lr, batch=batch, prompts=list(prompts), trained=trained)
     patch = Patch({name: m.weight.detach().clone() for name, m in mods.items()}, layers.fingerprint(unet), meta)
     return EsdResult(patch, time.perf_counter() - t0, tuple(losses))
+
+
+def _prompts(concept: str, prompts: str | Sequence[str] | None) -> list[str]:
+    """``prompts`` as a non-empty list of non-empty strings, or the miniature world's prompts naming ``concept``."""
+    if prompts is None:
+        if not isinstance(concept, str) or not concept.strip():
+            raise ValueError(f"concept must be a non-empty word, e.g. 'red', got {concept!r}")
+        try:
+            return concept_prompts(concept)
+        except ValueError as e:
+            raise ValueError(f"{e}; for another model, give prompts= that name the concept") from None
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not prompts:
+        raise ValueError("prompts must hold at least one prompt, got none")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError(f"prompts must be non-empty strings, got {p!r}")
+    return prompts

@@ -25,11 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rece_lite.paths import classifier_path
 from rece_lite.tiny import world
 
 SHAPE_LABELS: tuple[str, ...] = (*world.SHAPES, "none")
 COLOUR_LABELS: tuple[str, ...] = (*world.COLOURS, "none", "other")
-CLASSIFIER_PATH = Path(__file__).resolve().parents[1] / "data" / "shape_classifier.safetensors"
+CLASSIFIER_PATH = classifier_path()
 
 
 def _hue(rgb: np.ndarray) -> np.ndarray:
@@ -166,19 +167,22 @@ def classify(images) -> Labels:
 
 def concept_of(word: str) -> tuple[str, str]:
     """("colour" | "shape", canonical name) for a concept word or one of its synonyms."""
-    for kind, names in (("colour", world.COLOURS), ("shape", world.SHAPES)):
-        for name in names:
-            if word == name or word in world.SYNONYMS[name]:
-                return kind, name
-    known = ", ".join(world.COLOURS + world.SHAPES)
-    raise ValueError(f"unknown concept {word!r} for the tiny model; known concepts: {known} (or their synonyms)")
+    c = world.Concept.parse(word)
+    return c.kind, c.name
 
 
-def share_with(labels: Labels, concept: str) -> float:
-    """Share of pictures labelled with ``concept`` (a colour or a shape)."""
-    kind, name = concept_of(concept)
-    seen = labels.colours if kind == "colour" else labels.shapes
-    return float(np.mean([s == name for s in seen])) if seen else float("nan")
+def share_showing(labels: Labels, concept: str) -> float:
+    """Share of pictures that show ``concept`` (a colour or a shape, or a synonym of one).
+
+    For pictures from prompts of an erased concept this is what is left of it (lower is
+    better); for an attack's pictures, its success rate.
+    """
+    c = world.Concept.parse(concept)
+    seen = labels.colours if c.kind == "colour" else labels.shapes
+    return float(np.mean([s == c.name for s in seen])) if seen else float("nan")
+
+
+share_with = share_showing  # the first landing's name (notebooks 03-05 used it)
 
 
 def accuracy(labels: Labels, shapes: Sequence[str | None], colours: Sequence[str | None]) -> dict[str, float]:
@@ -196,30 +200,13 @@ def accuracy(labels: Labels, shapes: Sequence[str | None], colours: Sequence[str
 
 # ------------------------------------------------------------- prompts and scores
 def concept_prompts(concept: str, *, synonyms: bool = False) -> list[str]:
-    """Prompts that ask for ``concept``: "a red {shape}" for every shape (or "a {colour} circle").
-
-    With ``synonyms``, the concept is written with each of its synonyms instead of its name.
-    """
-    kind, name = concept_of(concept)
-    words = world.SYNONYMS[name] if synonyms else (name,)
-    others = world.SHAPES if kind == "colour" else world.COLOURS
-    if kind == "colour":
-        return [f"a {w} {o}" for w in words for o in others]
-    return [f"a {o} {w}" for w in words for o in others]
+    """Prompts that ask for ``concept`` (see :meth:`rece_lite.tiny.world.Concept.prompts`)."""
+    return world.Concept.parse(concept).prompts(synonyms=synonyms)
 
 
 def other_prompts(concept: str) -> tuple[list[str], list[str], list[str]]:
-    """Prompts "a {colour} {shape}" that do not involve ``concept``, with what each asks for."""
-    kind, name = concept_of(concept)
-    prompts, shapes, colours = [], [], []
-    for c in world.COLOURS:
-        for s in world.SHAPES:
-            if name in (c, s):
-                continue
-            prompts.append(f"a {c} {s}")
-            shapes.append(s)
-            colours.append(c)
-    return prompts, shapes, colours
+    """Prompts that do not involve ``concept``, with what each asks for (see :meth:`~world.Concept.other_prompts`)."""
+    return world.Concept.parse(concept).other_prompts()
 
 
 def concept_share(pipe, concept: str, *, prompts=None, embeds=None, seeds=range(8), **sample_kw) -> float:

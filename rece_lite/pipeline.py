@@ -154,6 +154,36 @@ def encode(pipe, prompts: str | Sequence[str]) -> torch.Tensor:
     return pipe.text_encoder(ids)[0]
 
 
+def check_prompts(pipe, prompts: str | Sequence[str], what: str = "prompt") -> None:
+    """Refuse prompts the text encoder would silently change: too long (cut) or with unknown words.
+
+    CLIP's byte-level BPE knows every word, so only length matters for real SD; the miniature
+    model's word-level tokenizer maps a word it does not know to ``<|unk|>``, which would erase
+    (or preserve) the unknown-word token instead of the concept the user meant.
+
+    Args:
+        prompts: the prompt(s) to check.
+        what: the argument's name, for the message (``"erase"``, ``"preserve"``, ...).
+    """
+    tok = pipe.tokenizer
+    for p in [prompts] if isinstance(prompts, str) else list(prompts):
+        if not isinstance(p, str):
+            raise TypeError(f"{what}: prompts must be strings, got {type(p).__name__}")
+        ids = tok(p, truncation=False, verbose=False).input_ids
+        if len(ids) > tok.model_max_length:
+            raise ValueError(
+                f"{what} prompt {p!r} is {len(ids)} tokens long, more than this text encoder's "
+                f"{tok.model_max_length}: shorten it (it would be cut silently)"
+            )
+        unk = tok.unk_token_id
+        if unk is not None and unk in ids and unk not in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id):
+            words = [w for w in p.split() if unk in tok(w, add_special_tokens=False).input_ids]
+            raise ValueError(
+                f"{what} prompt {p!r} has words this model's tokenizer does not know: {', '.join(map(repr, words))} "
+                "(they would all become the same unknown-word token); use words from its vocabulary"
+            )
+
+
 def last_subject_index(pipe, prompt: str) -> int:
     """Position of a prompt's last word token (the one before EOS), as the newer UCE uses.
 
@@ -225,3 +255,17 @@ def _latents(pipe, gens: list[torch.Generator]) -> torch.Tensor:
     size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
     z = torch.stack([torch.randn(c.in_channels, size, size, generator=g) for g in gens])
     return z.to(pipe.unet.device, pipe.unet.dtype)
+
+
+@torch.no_grad()
+def image_latents(pipe, images, batch: int = 64) -> torch.Tensor:
+    """The VAE's latents (scaled as the UNet sees them) of (n, H, W, 3) uint8 pictures."""
+    import numpy as np
+
+    vae = pipe.vae
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    out = [
+        vae.encode(x[i : i + batch].to(vae.device, vae.dtype)).latent_dist.mean
+        for i in range(0, len(x), batch)
+    ]
+    return torch.cat(out) * vae.config.scaling_factor

@@ -8,7 +8,7 @@ works; the choices and their numbers are recorded here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from rece_lite.tiny import world
 
@@ -53,7 +53,7 @@ def _templates(kind: str, word: str) -> tuple[str, ...]:
     return (word, f"a {word}", f"a photo of a {word}")
 
 
-def tiny_recipe(concept: str) -> Recipe:
+def tiny_recipe(concept: str | world.Concept) -> Recipe:
     """The miniature model's recipe, measured in notebooks 03-05 (8 seeds per prompt, erasing "red").
 
     Erase the concept in three caption forms toward the empty prompt (like the official UCE's
@@ -68,15 +68,12 @@ def tiny_recipe(concept: str) -> Recipe:
     measurable gain, so the recipe stops after one.  For "circle", RECE with λ' = 0.1 kept 67%
     preservation and λ' = 1e-3 left the derived embedding working (75%); λ' = 0.01: 6% / 94%.
     """
-    from rece_lite.evaluate import concept_of
-
-    kind, name = concept_of(concept)
-    same_kind = world.COLOURS if kind == "colour" else world.SHAPES
+    c = world.Concept.parse(concept)
     return Recipe(
-        erase=_templates(kind, name),
+        erase=_templates(c.kind, c.name),
         guide="",
-        preserve=tuple(p for other in same_kind if other != name for p in _templates(kind, other)),
-        reg_scale=0.1 if kind == "colour" else 0.01,
+        preserve=tuple(p for other in c.same_kind if other != c.name for p in _templates(c.kind, other)),
+        reg_scale=0.1 if c.kind == "colour" else 0.01,
         epochs=1,
     )
 
@@ -84,3 +81,9 @@ def tiny_recipe(concept: str) -> Recipe:
 def sd_recipe(concept: str) -> Recipe:
     """Real Stable Diffusion 1.x: the paper's settings for an object-like concept."""
     return Recipe(erase=(concept,), guide="", preserve=(), reg_scale=1e-3, epochs=1)
+
+
+def recipe_for(model: str, concept: str | world.Concept, *, epochs: int | None = None) -> Recipe:
+    """The recommended recipe: the miniature model's (``model == "tiny"``) or real SD's; ``epochs`` overrides RECE's."""
+    recipe = tiny_recipe(concept) if str(model) == "tiny" else sd_recipe(str(concept))
+    return recipe if epochs is None else replace(recipe, epochs=epochs)

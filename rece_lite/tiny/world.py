@@ -22,6 +22,7 @@ and every concept in it can be measured by a cheap classifier (see
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -74,6 +75,64 @@ PAIR_TEMPLATES = (
 )
 # Words no caption uses, for learners and attacks to type: the model never saw them.
 EXTRA_WORDS = ("the", "with", "image", "thing", "of", "in")
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A colour or shape of the world, parsed once from its name or a synonym.
+
+    Attributes:
+        kind: ``"colour"`` or ``"shape"``.
+        name: the canonical name (``"red"`` for ``"crimson"``).
+        word: the word as given.
+    """
+
+    kind: Literal["colour", "shape"]
+    name: str
+    word: str
+
+    @classmethod
+    def parse(cls, word: str | Concept) -> Concept:
+        """The concept a word names; a ValueError listing the known concepts otherwise."""
+        if isinstance(word, Concept):
+            return word
+        for kind, names in (("colour", COLOURS), ("shape", SHAPES)):
+            for name in names:
+                if word == name or word in SYNONYMS[name]:
+                    return cls(kind, name, word)  # type: ignore[arg-type]
+        known = ", ".join(COLOURS + SHAPES)
+        raise ValueError(f"unknown concept {word!r} for the tiny model; known concepts: {known} (or their synonyms)")
+
+    @property
+    def synonyms(self) -> tuple[str, ...]:
+        return SYNONYMS[self.name]
+
+    @property
+    def same_kind(self) -> tuple[str, ...]:
+        """Every concept of this kind, this one included (the colours, or the shapes)."""
+        return COLOURS if self.kind == "colour" else SHAPES
+
+    def prompts(self, *, synonyms: bool = False) -> list[str]:
+        """Prompts that ask for the concept: "a red {shape}" for every shape (or "a {colour} circle").
+
+        With ``synonyms``, the concept is written with each of its synonyms instead of its name.
+        """
+        words = self.synonyms if synonyms else (self.name,)
+        if self.kind == "colour":
+            return [f"a {w} {o}" for w in words for o in SHAPES]
+        return [f"a {o} {w}" for w in words for o in COLOURS]
+
+    def other_prompts(self) -> tuple[list[str], list[str], list[str]]:
+        """Prompts "a {colour} {shape}" that do not involve the concept, with the shape and colour each asks for."""
+        prompts, shapes, colours = [], [], []
+        for c in COLOURS:
+            for s in SHAPES:
+                if self.name in (c, s):
+                    continue
+                prompts.append(f"a {c} {s}")
+                shapes.append(s)
+                colours.append(c)
+        return prompts, shapes, colours
 
 
 @dataclass(frozen=True)
@@ -341,3 +400,51 @@ def vocabulary() -> list[str]:
         words.add(concept)
         words.update(syns)
     return sorted(words)
+
+
+# ------------------------------------------------------------------ words in prompts
+def _at(words: list[str], word: str) -> int | None:
+    """Index of the first run of ``word``'s words in ``words`` (case-insensitive), or None."""
+    want = [w.lower() for w in word.split()]
+    for i in range(len(words) - len(want) + 1):
+        if want and [w.lower() for w in words[i : i + len(want)]] == want:
+            return i
+    return None
+
+
+def has_word(prompt: str, word: str) -> bool:
+    """Whether ``prompt`` contains ``word`` as whole words ("a red circle" has "red", not "re").
+
+    Words are whitespace-separated and compared case-insensitively; ``word`` may be
+    several words ("van gogh").
+    """
+    return _at(prompt.split(), word) is not None
+
+
+def without_word(prompt: str, word: str) -> str:
+    """``prompt`` with every occurrence of ``word`` removed: ("a red circle", "red") -> "a circle".
+
+    Whole words only, case-insensitive; the remaining words are joined by single spaces.
+    """
+    words, n = prompt.split(), len(word.split())
+    out, i = [], 0
+    while i < len(words):
+        if _at(words[i : i + n], word) == 0:
+            i += n
+        else:
+            out.append(words[i])
+            i += 1
+    return " ".join(out)
+
+
+def replace_word(prompt: str, word: str, by: str) -> str:
+    """``prompt`` with the *first* occurrence of ``word`` replaced by ``by``.
+
+    ("a red circle", "red", "<v>") -> "a <v> circle".  Whole words only, case-insensitive; a
+    prompt without ``word`` comes back as it was.
+    """
+    words = prompt.split()
+    i = _at(words, word)
+    if i is None:
+        return prompt
+    return " ".join(words[:i] + [by] + words[i + len(word.split()) :])
