@@ -286,7 +286,8 @@ def train_diffusion(
         st = _load_state(state_path, settings)
         start = int(st.pop("step").item())
         for prefix, mod in parts.items():
-            mod.load_state_dict({k[len(prefix) + 1 :]: v.to(device) for k, v in st.items() if k.startswith(prefix + ".")})
+            own = {k[len(prefix) + 1 :]: v.to(device) for k, v in st.items() if k.startswith(prefix + ".")}
+            mod.load_state_dict(own)
         opt_state = opt.state_dict()
         for i in range(len(params)):
             if f"opt.{i}.exp_avg" in st:
