@@ -60,7 +60,8 @@ class Target:
             return f"{v:.2f} s" if "seconds" in self.what else f"{v:.0%}"
 
         sign = ">=" if self.at_least else "<="
-        return f"{'met ' if self.met else 'MISS'}  {self.what:<62} {show(self.measured):>8}  ({sign} {show(self.bound)})"
+        mark = "met " if self.met else "MISS"
+        return f"{mark}  {self.what:<62} {show(self.measured):>8}  ({sign} {show(self.bound)})"
 
 
 def prompt_grid(synonyms: bool = False) -> tuple[list[str], list[str], list[str]]:
