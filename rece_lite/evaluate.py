@@ -1,16 +1,23 @@
 """Measuring concepts in generated pictures of the miniature world.
 
-Two classifiers make erasure a number instead of an impression:
+Classifiers make erasure a number instead of an impression.  A picture is read the way a
+person would: find the objects, then name each one's colour and shape.
 
-* colour: a pixel rule.  Saturated pixels are the object; each votes for the
-  nearest of the world's hues; too few saturated pixels means "none", a hue far
-  from all four means "other".
-* shape: a tiny CNN (:class:`ShapeNet`) trained on renders in arbitrary colours,
-  blurred and noised (:func:`augment`), with a fifth class for "no object".
+* objects (:func:`find_objects`): pixels that differ from the background (the median of
+  the picture's border) form connected components; components too small to be an object
+  are dropped.
+* colour: from each object's core pixels (those farthest from the background): mostly
+  saturated pixels vote for the nearest of the world's hues ("other" if far from all);
+  mostly unsaturated mid-tone pixels are grey.
+* shape: a tiny CNN (:class:`ShapeNet`) trained on renders in arbitrary colours, blurred
+  and noised (:func:`augment`), with a class for "no object", applied to a crop around the
+  object with every other object painted out.
 
-Definitions (DESIGN §5): *erasure rate* is the share of images from prompts of
-the erased concept still labelled with it (lower is better); *preservation* is
-accuracy on other concepts as a share of the original model's.
+:func:`classify` labels each picture by its largest object ("none" when there is none);
+:func:`find_objects` gives every object, for two-object scenes.  *Showing* a concept
+(:func:`share_showing`) is being labelled with it; for pictures from prompts of an erased
+concept that share is what is left of it (lower is better).  *Preservation* is accuracy on
+other concepts as a share of the original model's.
 """
 
 from __future__ import annotations
@@ -45,30 +52,135 @@ def _hue(rgb: np.ndarray) -> np.ndarray:
 WORLD_HUES = np.array([_hue(np.array(world.RGB[c], dtype=float) / 255.0) for c in world.COLOURS])
 
 
-def classify_colour(images: np.ndarray, *, min_pixels: int = 12, max_hue_gap: float = 40.0) -> list[str]:
-    """The colour of each picture's object, or "none" / "other".
+CHROMATIC = tuple(c for c in world.COLOURS if c != world.NEUTRAL)
+WORLD_HUES = np.array([_hue(np.array(world.RGB[c], dtype=float) / 255.0) for c in CHROMATIC])
+FOREGROUND_GAP = 45 / 255  # a pixel this far from the background (any channel) belongs to an object
+MIN_OBJECT_SHARE = 12 / 1024  # components smaller than this share of the picture are specks, not objects
+
+
+def _saturation(x: np.ndarray) -> np.ndarray:
+    mx = x.max(-1)
+    return (mx - x.min(-1)) / np.maximum(mx, 1e-9)
+
+
+def colour_of(pixels: np.ndarray, *, max_hue_gap: float = 40.0) -> str:
+    """The world colour of an object from its (n, 3) RGB pixels in [0, 1], or "other".
+
+    Mostly saturated pixels vote for the nearest chromatic hue (the winner must be within
+    ``max_hue_gap`` degrees, as a median); mostly unsaturated ones are grey if mid-toned.
+    """
+    sat = (_saturation(pixels) > 0.45) & (pixels.max(-1) > 0.3)
+    if sat.mean() >= 0.5:
+        gaps = np.abs((_hue(pixels[sat])[:, None] - WORLD_HUES[None, :] + 180) % 360 - 180)
+        best = int(np.bincount(gaps.argmin(1), minlength=len(CHROMATIC)).argmax())
+        return CHROMATIC[best] if np.median(gaps[:, best]) <= max_hue_gap else "other"
+    value = float(np.median(pixels[~sat].mean(-1)))
+    return world.NEUTRAL if 0.25 <= value <= 0.72 else "other"
+
+
+@dataclass(frozen=True, eq=False)
+class Found:
+    """One object found in a picture.
+
+    Attributes:
+        colour: one of the world's colours, or "other".
+        shape: one of the world's shapes (or "none" if the CNN sees no shape in it).
+        mask: (H, W) bool, the object's pixels.
+    """
+
+    colour: str
+    shape: str
+    mask: np.ndarray
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        """(row, column) of the object's centroid."""
+        ys, xs = np.nonzero(self.mask)
+        return float(ys.mean()), float(xs.mean())
+
+    def __repr__(self) -> str:
+        y, x = self.centre
+        return f"Found({self.colour} {self.shape}, {self.area} px at ({y:.0f}, {x:.0f}))"
+
+
+def _background(img: np.ndarray) -> np.ndarray:
+    """The background colour: the median of the picture's outer two-pixel frame."""
+    frame = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3), img[:, :2].reshape(-1, 3),
+                            img[:, -2:].reshape(-1, 3)])  # fmt: skip
+    return np.median(frame, axis=0)
+
+
+def _components(img: np.ndarray, bg: np.ndarray, min_share: float) -> list[np.ndarray]:
+    """Masks of the connected foreground regions, largest first."""
+    from scipy import ndimage
+
+    gap = np.abs(img - bg).max(-1)
+    labels, n = ndimage.label(gap > FOREGROUND_GAP, structure=np.ones((3, 3)))
+    if n == 0:
+        return []
+    sizes = np.bincount(labels.ravel())[1:]
+    keep = [k + 1 for k in np.argsort(-sizes, kind="stable") if sizes[k] >= min_share * img.shape[0] * img.shape[1]]
+    return [labels == k for k in keep]
+
+
+def _crop(img: np.ndarray, bg: np.ndarray, mask: np.ndarray, others: list[np.ndarray]) -> np.ndarray:
+    """A square crop around ``mask`` with the object at about the scale the CNN was trained on, other
+    objects painted over with the background, resized to (SIZE, SIZE, 3)."""
+    clean = img.copy()
+    for o in others:
+        clean[o] = bg
+    ys, xs = np.nonzero(mask)
+    cy, cx = (ys.min() + ys.max() + 1) / 2, (xs.min() + xs.max() + 1) / 2
+    side = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) / 0.6  # objects fill ~60% of a training picture
+    side = int(np.ceil(max(side, 8)))
+    y0, x0 = int(round(cy - side / 2)), int(round(cx - side / 2))
+    canvas = np.broadcast_to(bg, (side, side, 3)).copy()
+    h, w = img.shape[:2]
+    sy, sx = slice(max(0, y0), min(h, y0 + side)), slice(max(0, x0), min(w, x0 + side))
+    canvas[sy.start - y0 : sy.stop - y0, sx.start - x0 : sx.stop - x0] = clean[sy, sx]
+    t = torch.from_numpy(canvas).permute(2, 0, 1)[None].float()
+    return F.interpolate(t, size=(world.SIZE, world.SIZE), mode="bilinear", antialias=True)[0]
+
+
+@torch.no_grad()
+def find_objects(images, *, min_share: float = MIN_OBJECT_SHARE, max_objects: int | None = None) -> list[list[Found]]:
+    """Every object in each picture, largest first, with its colour and shape.
 
     Args:
-        images: (n, H, W, 3) uint8 RGB.
-        min_pixels: fewer saturated pixels than this means there is no object.
-        max_hue_gap: a median hue farther than this (degrees) from every world colour is "other".
+        images: (n, H, W, 3) uint8 array, a list of PIL images, or floats in [0, 1].
+        min_share: the smallest object, as a share of the picture's area (12 pixels of 32 x 32).
+        max_objects: keep at most this many (the largest) per picture.
+
+    Returns:
+        Per picture, a list of :class:`Found`.
     """
-    x = np.asarray(images, dtype=np.float64) / 255.0
-    mx, mn = x.max(-1), x.min(-1)
-    sat = (mx - mn) / np.maximum(mx, 1e-9)
-    fg = (sat > 0.45) & (mx > 0.3)
-    hue = _hue(x)
-    out = []
-    for i in range(len(x)):
-        h = hue[i][fg[i]]
-        if h.size < min_pixels:
-            out.append("none")
-            continue
-        gaps = np.abs((h[:, None] - WORLD_HUES[None, :] + 180) % 360 - 180)
-        votes = np.bincount(gaps.argmin(1), minlength=len(world.COLOURS))
-        best = int(votes.argmax())
-        out.append(world.COLOURS[best] if np.median(gaps[:, best]) <= max_hue_gap else "other")
-    return out
+    arr = _as_array(images).astype(np.float64) / 255.0
+    found: list[list[tuple[str, np.ndarray]]] = []
+    crops: list[torch.Tensor] = []
+    for img in arr:
+        bg = _background(img)
+        masks = _components(img, bg, min_share)
+        objs = []
+        for k, m in enumerate(masks[:max_objects]):
+            gap = np.abs(img[m] - bg).max(-1)
+            core = img[m][gap >= 0.6 * gap.max()]
+            objs.append((colour_of(core), m))
+            crops.append(_crop(img, bg, m, masks[:k] + masks[k + 1 :]))
+        found.append(objs)
+    shapes = iter([])
+    if crops:
+        logits = shape_classifier()(torch.stack(crops))
+        shapes = iter(SHAPE_LABELS[i] for i in logits.argmax(1).tolist())
+    return [[Found(colour, next(shapes), m) for colour, m in objs] for objs in found]
+
+
+def classify_colour(images) -> list[str]:
+    """The colour of each picture's largest object, or "none" / "other"."""
+    return classify(images).colours
 
 
 class ShapeNet(nn.Module):
@@ -137,32 +249,27 @@ def _as_array(images) -> np.ndarray:
     return arr
 
 
-@torch.no_grad()
 def classify_shape(images) -> list[str]:
-    """The shape in each picture (or "none").
+    """The shape of each picture's largest object (or "none").
 
     Args:
         images: (n, H, W, 3) uint8 array, a list of PIL images, or floats in [0, 1].
     """
-    arr = _as_array(images)
-    x = torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255.0
-    if x.shape[-1] != world.SIZE:
-        x = F.interpolate(x, size=(world.SIZE, world.SIZE), mode="bilinear", antialias=True)
-    return [SHAPE_LABELS[i] for i in shape_classifier()(x).argmax(1).tolist()]
+    return classify(images).shapes
 
 
 @dataclass(frozen=True)
 class Labels:
-    """What the classifiers see in each picture."""
+    """What the classifiers see in each picture: its largest object's shape and colour."""
 
     shapes: list[str]
     colours: list[str]
 
 
 def classify(images) -> Labels:
-    """Shape and colour labels for a batch of pictures (PIL list or arrays)."""
-    arr = _as_array(images)
-    return Labels(classify_shape(arr), classify_colour(arr))
+    """Shape and colour labels of each picture's largest object ("none" for an empty picture)."""
+    objects = find_objects(images, max_objects=1)
+    return Labels([o[0].shape if o else "none" for o in objects], [o[0].colour if o else "none" for o in objects])
 
 
 def concept_of(word: str) -> tuple[str, str]:

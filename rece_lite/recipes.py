@@ -18,7 +18,7 @@ class Recipe:
     """Everything :func:`rece_lite.uce_erase` / :func:`rece_lite.rece_erase` need besides the pipeline."""
 
     erase: tuple[str, ...]
-    guide: str = ""
+    guide: str | tuple[str, ...] = ""
     preserve: tuple[str, ...] = ()
     lamb: float = 0.1
     erase_scale: float = 1.0
@@ -30,7 +30,7 @@ class Recipe:
     def uce_kwargs(self) -> dict:
         return dict(
             erase=list(self.erase),
-            guide=self.guide,
+            guide=self.guide if isinstance(self.guide, str) else list(self.guide),
             preserve=list(self.preserve),
             lamb=self.lamb,
             erase_scale=self.erase_scale,
@@ -51,25 +51,36 @@ def _templates(kind: str, word: str) -> tuple[str, ...]:
     return (word, f"a {word}", f"a photo of a {word}")
 
 
-def tiny_recipe(concept: str | world.Concept) -> Recipe:
-    """The miniature model's recipe, measured in notebooks 03-05 (8 seeds per prompt, erasing "red").
+def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None) -> Recipe:
+    """The miniature model's recipe, measured in notebooks 03-05.
 
-    Erase the concept in three caption forms toward the empty prompt (like the official UCE's
-    ``expand_prompts``), preserving the other concepts of the same kind in the same forms, with
-    the paper's λ = 0.1 and preserve scale 0.1; RECE with **one** epoch and λ' = 0.1 for a colour,
-    λ' = 0.01 for a shape (the paper, too, lowers λ' for concepts UCE finds hard).
-    Measured alternatives for "red" (UCE: named-prompt share still red / preservation):
-    the bare word with the other colours preserved: 34% / 92% (with guide "", the random colour
-    of an unconditional draw makes about 25% the floor of an erasure that only removes the word);
-    three forms, other colours as bare words: 3% / 89%; three forms, other colours in three forms
-    (this recipe): 9% / 99%.  A second RECE epoch cost preservation (96% -> 77%) without a
-    measurable gain, so the recipe stops after one.  For "circle", RECE with λ' = 0.1 kept 67%
-    preservation and λ' = 1e-3 left the derived embedding working (75%); λ' = 0.01: 6% / 94%.
+    Erase the concept in three caption forms ("red", "something red", "a red object"; like
+    the official UCE's ``expand_prompts``) toward the same forms of the guide, preserving the
+    other concepts of the same kind in the same forms, with the paper's λ = 0.1 and preserve
+    scale 0.1; RECE with one epoch, λ' = 0.1 for a colour and λ' = 0.01 for a shape (the
+    paper, too, lowers λ' for concepts UCE finds hard).
+
+    Args:
+        concept: a colour or shape of the world (or a synonym).
+        guide: what the erased concept should become: a concept of the same kind, or ``""``
+            (the unconditional branch, the paper's default).  Default: the harmless colour
+            :data:`rece_lite.tiny.world.NEUTRAL` (grey) for a colour, ``""`` for a shape and for
+            grey itself.  With ``""`` an erased "a red star" is drawn as the model's
+            unconditional habit, which need not be a star; with grey it stays a star.
     """
     c = world.Concept.parse(concept)
+    if guide is None:
+        guide = world.NEUTRAL if c.kind == "colour" and c.name != world.NEUTRAL else ""
+    if guide:
+        g = world.Concept.parse(guide)
+        if g.kind != c.kind or g.name == c.name:
+            raise ValueError(f"guide must be another {c.kind} than {c.name!r} (or '' for none), got {guide!r}")
+        guides: str | tuple[str, ...] = _templates(c.kind, g.name)
+    else:
+        guides = ""
     return Recipe(
         erase=_templates(c.kind, c.name),
-        guide="",
+        guide=guides,
         preserve=tuple(p for other in c.same_kind if other != c.name for p in _templates(c.kind, other)),
         reg_scale=0.1 if c.kind == "colour" else 0.01,
         epochs=1,
@@ -81,7 +92,18 @@ def sd_recipe(concept: str) -> Recipe:
     return Recipe(erase=(concept,), guide="", preserve=(), reg_scale=1e-3, epochs=1)
 
 
-def recipe_for(model: str, concept: str | world.Concept, *, epochs: int | None = None) -> Recipe:
-    """The recommended recipe: the miniature model's (``model == "tiny"``) or real SD's; ``epochs`` overrides RECE's."""
-    recipe = tiny_recipe(concept) if str(model) == "tiny" else sd_recipe(str(concept))
+def recipe_for(
+    model: str, concept: str | world.Concept, *, epochs: int | None = None, guide: str | None = None
+) -> Recipe:
+    """The recommended recipe: the miniature model's (``model == "tiny"``) or real SD's.
+
+    Args:
+        epochs: overrides RECE's epochs.
+        guide: overrides the guide (the miniature model: see :func:`tiny_recipe`; real SD: a prompt).
+    """
+    if str(model) == "tiny":
+        recipe = tiny_recipe(concept, guide=guide)
+    else:
+        recipe = sd_recipe(str(concept))
+        recipe = recipe if guide is None else replace(recipe, guide=guide)
     return recipe if epochs is None else replace(recipe, epochs=epochs)

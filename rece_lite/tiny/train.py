@@ -10,7 +10,10 @@ Stages (each resumable; a finished stage is skipped on the next run):
 Intermediate state lives in ``--work`` (default ``runs/tiny``, not committed); the
 pipeline is written with ``save_pretrained`` to ``--out`` (default ``data/tiny``).
 Every random draw of step ``k`` comes from a generator seeded with ``(seed, k)``, so
-a resumed run takes the same path as an uninterrupted one.
+a resumed run takes the same path as an uninterrupted one; each state file records
+the settings it was made with, and a run with other settings is refused rather than
+mixed in.  All settings are one :class:`TrainConfig` (the model's sizes one
+:class:`rece_lite.tiny.model.ModelConfig`), written to ``training.json`` beside the model.
 """
 
 from __future__ import annotations
@@ -18,22 +21,107 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import tempfile
 import time
-import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from rece_lite.evaluate import ShapeNet, augment
 from rece_lite.files import new_dir_for, replace_dir, save_tensors
 from rece_lite.pipeline import assemble_pipeline
 from rece_lite.tiny import model as tm
 from rece_lite.tiny import world
 
 REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "data"
+
+
+class TrainingError(Exception):
+    """A setting or a state file the training cannot use: printed as one line, exit status 2."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides what the training produces.
+
+    Attributes:
+        seed: seeds the pictures, the weights and every step's draws.
+        images: pictures in the training set.
+        two_object_rate: share of pictures with two objects (0: the one-object world).
+        vae_steps, classifier_steps, steps: optimiser steps of the three stages.
+        batch: samples per step, every stage.
+        lr: the UNet and text encoder's peak learning rate (AdamW).
+        warmup: steps of linear warm-up before the cosine decay.
+        final_lr: the decay's floor, as a share of ``lr``.
+        weight_decay: AdamW's, for the UNet and text encoder.
+        ema: the exponential moving average's decay (of the shipped weights).
+        vae_lr, classifier_lr: the other stages' peak learning rates.
+        model: the sizes of every part.
+    """
+
+    seed: int = 0
+    images: int = 40_000
+    two_object_rate: float = 0.0
+    vae_steps: int = 1500
+    classifier_steps: int = 600
+    steps: int = 10_000
+    batch: int = 64
+    lr: float = 5e-4
+    warmup: int = 300
+    final_lr: float = 0.1
+    weight_decay: float = 1e-2
+    ema: float = 0.999
+    vae_lr: float = 1e-3
+    classifier_lr: float = 2e-3
+    model: tm.ModelConfig = field(default_factory=tm.ModelConfig)
+
+    def check(self) -> None:
+        """Refuse settings that cannot train, naming the option."""
+        for name in ("images", "vae_steps", "classifier_steps", "steps", "batch"):
+            if getattr(self, name) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.two_object_rate <= 1.0:
+            raise TrainingError(f"--two-object-rate must be in [0, 1], got {self.two_object_rate}")
+        if self.model.size % 2 ** (len(self.model.vae_channels) - 1):
+            raise TrainingError(f"--size {self.model.size} is not a multiple of the VAE's downsampling")
+
+    def stage(self, name: str) -> dict:
+        """The settings a stage's state depends on (a resumed stage must match them)."""
+        m = asdict(self.model)
+        keys = {
+            "vae": dict(seed=self.seed, images=self.images, two_object_rate=self.two_object_rate,
+                        steps=self.vae_steps, batch=self.batch, lr=self.vae_lr, size=m["size"],
+                        channels=m["vae_channels"]),
+            "classifier": dict(seed=self.seed, steps=self.classifier_steps, batch=self.batch, lr=self.classifier_lr),
+            "diffusion": {**{f.name: getattr(self, f.name) for f in fields(self)
+                             if f.name not in ("classifier_steps", "classifier_lr", "model")}, "model": m},
+        }  # fmt: skip
+        return json.loads(json.dumps(keys[name]))  # tuples as lists, as they come back from a file
+
+
+def lr_at(step: int, total: int, warmup: int, final: float) -> float:
+    """The learning rate at ``step`` as a share of the peak.
+
+    1) linear warm-up over ``warmup`` steps; 2) cosine decay from 1 to ``final`` over
+    ``total`` steps (and ``final`` after them).
+    """
+    rise = min(1.0, (step + 1) / max(1, warmup))
+    progress = min(step, total) / max(1, total)
+    return rise * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
 
 
 def _gen(seed: int, step: int) -> torch.Generator:
@@ -45,37 +133,61 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+# ------------------------------------------------------------------------ state files
+def _save_state(tensors: dict[str, torch.Tensor], path: Path, settings: dict) -> None:
+    save_tensors(tensors, path, {"rece_lite.settings": json.dumps(settings, sort_keys=True)})
+
+
+def _load_state(path: Path, settings: dict) -> dict[str, torch.Tensor]:
+    """A stage's saved tensors, if they were made with ``settings``; a clear error otherwise."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            saved = json.loads((f.metadata() or {}).get("rece_lite.settings", "null"))
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise TrainingError(
+            f"{path} is not a readable state file ({type(e).__name__}: {e}); delete it to redo that stage"
+        ) from None
+    if saved != settings:
+        diff = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
+        was = ", ".join(f"{k}={(saved or {}).get(k)!r}" for k in diff)
+        now = ", ".join(f"{k}={settings.get(k)!r}" for k in diff)
+        raise TrainingError(
+            f"{path} was made with {was or 'unrecorded settings'}, not {now}: rerun with the settings it was made "
+            "with, or give another --work to start afresh"
+        )
+    return tensors
+
+
 # ----------------------------------------------------------------------------- vae
-def train_vae(
-    images: np.ndarray, steps: int, batch: int, seed: int, work: Path, device: str = "cpu"
-) -> torch.nn.Module:
+def train_vae(images: np.ndarray, cfg: TrainConfig, work: Path, device: str = "cpu") -> torch.nn.Module:
     path = work / "vae.safetensors"
-    vae = tm.build_vae()
+    settings = cfg.stage("vae")
+    torch.manual_seed(cfg.seed)  # before building: the initial weights are part of the run
+    vae = tm.build_vae(cfg.model)
     if path.exists():
-        vae.load_state_dict(load_file(str(path)))
+        vae.load_state_dict(_load_state(path, settings))
         return vae
-    torch.manual_seed(seed)
     vae.to(device)
     x_all = _to_tensor(images)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=steps, pct_start=0.05)
-    bar = tqdm(range(steps), desc="vae")
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    bar = tqdm(range(cfg.vae_steps), desc="vae")
     for k in bar:
-        idx = torch.randint(0, len(x_all), (batch,), generator=_gen(seed, k))
+        _set_lr(opt, cfg.vae_lr * lr_at(k, cfg.vae_steps, max(1, cfg.vae_steps // 20), 0.01))
+        idx = torch.randint(0, len(x_all), (cfg.batch,), generator=_gen(cfg.seed, k))
         x = x_all[idx].to(device)
         post = vae.encode(x).latent_dist
-        eps = torch.randn(post.mean.shape, generator=_gen(seed + 1, k)).to(device)
+        eps = torch.randn(post.mean.shape, generator=_gen(cfg.seed + 1, k)).to(device)
         rec = vae.decode(post.mean + post.std * eps).sample
         loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         if k % 50 == 0:
             psnr = 10 * math.log10(4.0 / F.mse_loss(rec, x).item())
             bar.set_postfix(psnr=f"{psnr:.1f}dB")
     vae.cpu()
-    save_tensors(vae.state_dict(), path)
+    _save_state(vae.state_dict(), path, settings)
     return vae
 
 
@@ -87,34 +199,34 @@ def encode_latents(vae: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------- classifier
-def train_classifier(steps: int, batch: int, seed: int, out: Path) -> None:
-    from rece_lite.evaluate import ShapeNet, augment
-
+def train_classifier(cfg: TrainConfig, out: Path) -> None:
+    """The evaluator's shape CNN, written to ``out`` (skipped when ``out`` was made with these settings)."""
+    settings = cfg.stage("classifier")
     if out.exists():
+        _load_state(out, settings)
         return
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
     net = ShapeNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
-    bar = tqdm(range(steps), desc="shape classifier")
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.classifier_lr, weight_decay=1e-4)
+    bar = tqdm(range(cfg.classifier_steps), desc="shape classifier")
     for k in bar:
-        x, y = classifier_batch(batch, rng)
-        x = augment(x, _gen(seed, k))
+        _set_lr(opt, cfg.classifier_lr * lr_at(k, cfg.classifier_steps, max(1, cfg.classifier_steps // 10), 0.01))
+        x, y = classifier_batch(cfg.batch, rng)
+        x = augment(x, _gen(cfg.seed, k))
         loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         if k % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}")
-    save_tensors(net.state_dict(), out)
+    _save_state(net.state_dict(), out, settings)
 
 
 def classifier_batch(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Pictures in arbitrary colours (the CNN must judge shape alone) plus empty ones.
 
-    Returns (n, 3, H, W) float in [0, 1] and labels in 0..len(SHAPES) (the last: no object).
+    Returns (n, 3, SIZE, SIZE) float in [0, 1] and labels in 0..len(SHAPES) (the last: no object).
     """
     imgs, labels = [], []
     for _ in range(n):
@@ -126,7 +238,7 @@ def classifier_batch(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, to
             imgs.append(np.clip(img, 0, 255).astype(np.uint8))
         else:
             rgb = tuple(rng.uniform(0, 255, size=3)) if rng.random() < 0.5 else None
-            imgs.append(world.render(label, int(rng.integers(0, 4)), rng, rgb=rgb).image)
+            imgs.append(world.render(label, int(rng.integers(0, len(world.COLOURS))), rng, rgb=rgb).image)
         labels.append(label)
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
     return x, torch.tensor(labels)
@@ -134,85 +246,77 @@ def classifier_batch(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, to
 
 # ----------------------------------------------------------------------- diffusion
 def _tokenize_all(tokenizer, shapes: np.ndarray, colours: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-    caps = [world.caption(int(s), int(c), rng) for s, c in zip(shapes, colours)]
+    caps = [world.scene_caption(s, c, rng) for s, c in zip(shapes, colours)]
     return tokenizer(
-        caps, padding="max_length", max_length=tm.MAX_LENGTH, truncation=True, return_tensors="pt"
+        caps, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
     ).input_ids
+
+
+PARTS = ("unet", "te", "ema_unet", "ema_te")
 
 
 def train_diffusion(
     latents: torch.Tensor,
-    shapes: np.ndarray,
-    colours: np.ndarray,
+    scenes: world.Scenes,
+    cfg: TrainConfig,
     *,
-    steps: int,
-    batch: int,
-    seed: int,
     work: Path,
     checkpoint_every: int,
-    on_checkpoint,
+    on_checkpoint: Callable[[torch.nn.Module, torch.nn.Module, int, float], None],
     device: str = "cpu",
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
-    tokenizer = tm.build_tokenizer()
-    torch.manual_seed(seed)
-    unet, te = tm.build_unet(), tm.build_text_encoder(len(tokenizer))
-    ema_unet, ema_te = tm.build_unet(), tm.build_text_encoder(len(tokenizer))
+    """The UNet and text encoder, jointly; returns their EMA copies (on the CPU)."""
+    tokenizer = tm.build_tokenizer(cfg.model.max_length)
+    torch.manual_seed(cfg.seed)
+    unet, te = tm.build_unet(cfg.model), tm.build_text_encoder(len(tokenizer), cfg.model)
+    ema_unet, ema_te = tm.build_unet(cfg.model), tm.build_text_encoder(len(tokenizer), cfg.model)
     ema_unet.load_state_dict(unet.state_dict())
     ema_te.load_state_dict(te.state_dict())
-    for mod in (unet, te, ema_unet, ema_te):
+    parts = dict(zip(PARTS, (unet, te, ema_unet, ema_te)))
+    for mod in parts.values():
         mod.to(device)  # before the optimiser exists, so its state lives on the same device
     params = list(unet.parameters()) + list(te.parameters())
     ema_params = list(ema_unet.parameters()) + list(ema_te.parameters())
-    opt = torch.optim.AdamW(params, lr=5e-4, weight_decay=1e-2)
-    warmup = 300
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: min(1.0, (k + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
-    )
-    noise_sched = tm.train_scheduler()
-    acp = noise_sched.alphas_cumprod
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    acp = tm.train_scheduler().alphas_cumprod
     state_path = work / "diffusion_state.safetensors"
+    settings = cfg.stage("diffusion")
     start = 0
     if state_path.exists():
-        st = load_file(str(state_path))
+        st = _load_state(state_path, settings)
         start = int(st.pop("step").item())
-        for prefix, mod in (("unet.", unet), ("te.", te), ("ema_unet.", ema_unet), ("ema_te.", ema_te)):
-            mod.load_state_dict({k[len(prefix) :]: v for k, v in st.items() if k.startswith(prefix)})
+        for prefix, mod in parts.items():
+            own = {k[len(prefix) + 1 :]: v.to(device) for k, v in st.items() if k.startswith(prefix + ".")}
+            mod.load_state_dict(own)
         opt_state = opt.state_dict()
         for i in range(len(params)):
             if f"opt.{i}.exp_avg" in st:
-                opt_state["state"][i] = {
-                    "step": st[f"opt.{i}.step"],
-                    "exp_avg": st[f"opt.{i}.exp_avg"],
-                    "exp_avg_sq": st[f"opt.{i}.exp_avg_sq"],
-                }
+                opt_state["state"][i] = {n: st[f"opt.{i}.{n}"] for n in ("step", "exp_avg", "exp_avg_sq")}
         opt.load_state_dict(opt_state)
-        with warnings.catch_warnings():  # fast-forwarding the schedule, not skipping a step
-            warnings.simplefilter("ignore", UserWarning)
-            for _ in range(start):
-                sched.step()
-        print(f"resuming diffusion training at step {start}/{steps}")
+        print(f"resuming diffusion training at step {start}/{cfg.steps}")
 
     def save_state(k: int) -> None:  # safetensors, not pickles: the optimiser's tensors, flattened
         st = {"step": torch.tensor(k)}
-        for prefix, mod in (("unet.", unet), ("te.", te), ("ema_unet.", ema_unet), ("ema_te.", ema_te)):
-            st.update({prefix + n: v for n, v in mod.state_dict().items()})
+        for prefix, mod in parts.items():
+            st.update({f"{prefix}.{n}": v for n, v in mod.state_dict().items()})
         for i, s in opt.state_dict()["state"].items():
             for n in ("step", "exp_avg", "exp_avg_sq"):
                 st[f"opt.{i}.{n}"] = torch.as_tensor(s[n])
-        save_tensors(st, state_path)
+        _save_state(st, state_path, settings)
 
     unet.train()
     te.train()
-    bar = tqdm(range(start, steps), desc="unet + text encoder", initial=start, total=steps)
+    bar = tqdm(range(start, cfg.steps), desc="unet + text encoder", initial=start, total=cfg.steps)
     t0 = time.time()
     for k in bar:
-        g = _gen(seed, k)
-        idx = torch.randint(0, len(latents), (batch,), generator=g)
-        rng = np.random.default_rng([seed, k])
-        ids = _tokenize_all(tokenizer, shapes[idx.numpy()], colours[idx.numpy()], rng)
+        _set_lr(opt, cfg.lr * lr_at(k, cfg.steps, cfg.warmup, cfg.final_lr))
+        g = _gen(cfg.seed, k)
+        idx = torch.randint(0, len(latents), (cfg.batch,), generator=g)
+        rng = np.random.default_rng([cfg.seed, k])
+        ids = _tokenize_all(tokenizer, scenes.shapes[idx.numpy()], scenes.colours[idx.numpy()], rng)
         z0 = latents[idx]
         noise = torch.randn(z0.shape, generator=g)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch,), generator=g)
+        t = torch.randint(0, len(acp), (cfg.batch,), generator=g)
         a = acp[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         zt, t, ids, noise = zt.to(device), t.to(device), ids.to(device), noise.to(device)
@@ -222,89 +326,145 @@ def train_diffusion(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        sched.step()
-        decay = min(0.999, (1 + k) / (10 + k))
+        decay = min(cfg.ema, (1 + k) / (10 + k))
         with torch.no_grad():
             for e, p in zip(ema_params, params):
                 e.lerp_(p, 1 - decay)
         if k % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (k + 1) % checkpoint_every == 0 or k + 1 == steps:
+        if (k + 1) % checkpoint_every == 0 or k + 1 == cfg.steps:
             save_state(k + 1)
             on_checkpoint(ema_unet, ema_te, k + 1, time.time() - t0)
     return ema_unet.cpu(), ema_te.cpu()
 
 
-def export_pipeline(vae, unet, te, scaling_factor: float, out: Path, info: dict) -> None:
+def export_pipeline(vae, unet, te, scaling_factor: float, out: Path, info: dict, cfg: TrainConfig) -> None:
     """Write a real ``StableDiffusionPipeline`` with ``save_pretrained`` (atomically)."""
     vae.register_to_config(scaling_factor=scaling_factor)
-    pipe = assemble_pipeline(
-        vae=vae, text_encoder=te, tokenizer=tm.build_tokenizer(), unet=unet, scheduler=tm.sample_scheduler()
-    )
+    tok = tm.build_tokenizer(cfg.model.max_length)
+    pipe = assemble_pipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=tm.sample_scheduler())
     tmp = new_dir_for(out)
-    pipe.save_pretrained(tmp)
-    (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-    replace_dir(tmp, out)
+    try:
+        pipe.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
+        replace_dir(tmp, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for mod in (unet, te):
+        mod.train()  # assemble_pipeline left them in eval mode; the EMA copies keep no train-time state
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, default=REPO / "data" / "tiny")
-    p.add_argument("--work", type=Path, default=REPO / "runs" / "tiny")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--images", type=int, default=40_000, help="pictures in the training set")
-    p.add_argument("--vae-steps", type=int, default=1500)
-    p.add_argument("--classifier-steps", type=int, default=600)
-    p.add_argument("--steps", type=int, default=10_000, help="UNet + text-encoder steps")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--checkpoint-every", type=int, default=500)
+# ---------------------------------------------------------------------------- CLI
+def _writable(folder: Path, what: str) -> None:
+    """Create ``folder`` and check that a file can be written there, before any work starts."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise TrainingError(f"{what} {folder} is not a writable folder ({e.strerror or e})") from None
+
+
+def parse(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
+    d, m = TrainConfig(), tm.ModelConfig()
+    p = argparse.ArgumentParser(prog="python -m rece_lite.tiny.train", description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=DATA / "tiny", help="where the pipeline is saved (save_pretrained)")
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "tiny", help="state and checkpoints (resumable)")
+    p.add_argument("--classifier", type=Path, default=None,
+                   help="where the shape CNN is saved (default: data/shape_classifier.safetensors when --out is "
+                        "data/tiny, else inside --work)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--images", type=int, default=d.images, help="pictures in the training set")
+    p.add_argument("--two-object-rate", type=float, default=d.two_object_rate, help="share of two-object pictures")
+    p.add_argument("--vae-steps", type=int, default=d.vae_steps)
+    p.add_argument("--classifier-steps", type=int, default=d.classifier_steps)
+    p.add_argument("--steps", type=int, default=d.steps, help="UNet + text-encoder steps")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--lr", type=float, default=d.lr, help="UNet + text-encoder peak learning rate")
+    p.add_argument("--size", type=int, default=m.size, help="picture side in pixels")
+    p.add_argument("--vae-channels", type=int, nargs="+", default=list(m.vae_channels))
+    p.add_argument("--unet-channels", type=int, nargs="+", default=list(m.unet_channels))
+    p.add_argument("--unet-heads", type=int, default=m.unet_heads)
+    p.add_argument("--text-width", type=int, default=m.text_width)
+    p.add_argument("--text-layers", type=int, default=m.text_layers)
+    p.add_argument("--text-heads", type=int, default=m.text_heads)
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between saved states and exports")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     a = p.parse_args(argv)
+    model = tm.ModelConfig(
+        size=a.size, vae_channels=tuple(a.vae_channels), unet_channels=tuple(a.unet_channels), unet_heads=a.unet_heads,
+        text_width=a.text_width, text_layers=a.text_layers, text_heads=a.text_heads,
+    )  # fmt: skip
+    cfg = TrainConfig(
+        seed=a.seed, images=a.images, two_object_rate=a.two_object_rate, vae_steps=a.vae_steps,
+        classifier_steps=a.classifier_steps, steps=a.steps, batch=a.batch, lr=a.lr, model=model,
+    )  # fmt: skip
+    try:
+        cfg.check()
+        if a.checkpoint_every < 1:
+            raise TrainingError(f"--checkpoint-every must be >= 1, got {a.checkpoint_every}")
+        if a.threads is not None and a.threads < 1:
+            raise TrainingError(f"--threads must be >= 1, got {a.threads}")
+        if a.classifier is None:
+            at_home = a.out.resolve().parent == DATA.resolve()
+            a.classifier = (DATA if at_home else a.work) / "shape_classifier.safetensors"
+        _writable(a.work, "--work")
+        _writable(a.out.parent, "the folder of --out")
+        _writable(a.classifier.parent, "the folder of --classifier")
+    except TrainingError as e:
+        p.error(str(e))
+    return cfg, a
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg, a = parse(argv)
+    try:
+        run(cfg, a)
+    except TrainingError as e:
+        raise SystemExit(f"python -m rece_lite.tiny.train: error: {e}") from None
+
+
+def run(cfg: TrainConfig, a: argparse.Namespace) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    a.work.mkdir(parents=True, exist_ok=True)
-    a.out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
-    images, _, shapes, colours = world.generate(a.images, seed=a.seed)
-    vae = train_vae(images, a.vae_steps, a.batch, a.seed, a.work, device)
-    train_classifier(a.classifier_steps, a.batch, a.seed, a.out.parent / "shape_classifier.safetensors")
-    latents = encode_latents(vae, images)
+    print(f"generating {cfg.images} pictures ...", flush=True)
+    scenes = world.generate_scenes(cfg.images, seed=cfg.seed, two_object_rate=cfg.two_object_rate,
+                                   size=cfg.model.size)  # fmt: skip
+    vae = train_vae(scenes.images, cfg, a.work, device)
+    train_classifier(cfg, a.classifier)
+    latents = encode_latents(vae, scenes.images)
     scaling = float(1.0 / latents.std())
     latents = latents * scaling
 
-    def on_checkpoint(unet, te, step, seconds):
-        info = {
-            "seed": a.seed,
+    def info(step: int, seconds: float) -> dict:
+        return {
+            "config": asdict(cfg),
             "steps": step,
-            "batch": a.batch,
-            "images": a.images,
-            "vae_steps": a.vae_steps,
             "diffusion_seconds_this_run": round(seconds, 1),
             "total_seconds_this_run": round(time.time() - t_start, 1),
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
+            "device": device,
         }
-        export_pipeline(vae, unet, te, scaling, a.work / "pipeline", info)
-        if step == a.steps:
-            export_pipeline(vae, unet, te, scaling, a.out, info)
-            print(f"saved the pipeline to {a.out}")
 
-    train_diffusion(
-        latents,
-        shapes,
-        colours,
-        steps=a.steps,
-        batch=a.batch,
-        seed=a.seed,
-        work=a.work,
-        checkpoint_every=a.checkpoint_every,
-        on_checkpoint=on_checkpoint,
+    def on_checkpoint(unet, te, step: int, seconds: float) -> None:
+        export_pipeline(vae, unet, te, scaling, a.work / "pipeline", info(step, seconds), cfg)
+
+    t0 = time.time()
+    unet, te = train_diffusion(
+        latents, scenes, cfg, work=a.work, checkpoint_every=a.checkpoint_every, on_checkpoint=on_checkpoint,
         device=device,
-    )
-    print(f"done in {(time.time() - t_start) / 60:.1f} min")
+    )  # fmt: skip
+    export_pipeline(vae, unet, te, scaling, a.out, info(cfg.steps, time.time() - t0), cfg)
+    print(f"saved the pipeline to {a.out}; done in {(time.time() - t_start) / 60:.1f} min")
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()
