@@ -165,15 +165,3 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(tmp, out)
-
-
-# The first landing's two-step form, still used by the training script's exports.
-def new_dir_for(out: Path) -> Path:
-    """An empty temporary folder beside ``out`` (prefer :func:`staged_dir`)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-
-
-def replace_dir(tmp: Path, out: Path) -> None:
-    """Put the finished folder ``tmp`` at ``out`` (prefer :func:`staged_dir`)."""
-    _replace_dir(tmp, out)

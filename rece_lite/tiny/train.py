@@ -19,6 +19,7 @@ mixed in.  All settings are one :class:`TrainConfig` (the model's sizes one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -36,7 +37,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from rece_lite.evaluate import ShapeNet, augment
-from rece_lite.files import new_dir_for, replace_dir, save_tensors
+from rece_lite.files import UsageError, save_tensors, staged_dir
 from rece_lite.pipeline import assemble_pipeline
 from rece_lite.tiny import model as tm
 from rece_lite.tiny import world
@@ -338,21 +339,26 @@ def train_diffusion(
     return ema_unet.cpu(), ema_te.cpu()
 
 
+@contextlib.contextmanager
+def _quiet_saving():
+    """No "Writing model shards" bars from save_pretrained: training has its own."""
+    import diffusers
+
+    diffusers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers.utils.logging.enable_progress_bar()
+
+
 def export_pipeline(vae, unet, te, scaling_factor: float, out: Path, info: dict, cfg: TrainConfig) -> None:
     """Write a real ``StableDiffusionPipeline`` with ``save_pretrained`` (atomically)."""
     vae.register_to_config(scaling_factor=scaling_factor)
     tok = tm.build_tokenizer(cfg.model.max_length)
     pipe = assemble_pipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=tm.sample_scheduler())
-    tmp = new_dir_for(out)
-    try:
+    with _quiet_saving(), staged_dir(out, force=True, option="--out") as tmp:
         pipe.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
-        replace_dir(tmp, out)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for mod in (unet, te):
         mod.train()  # assemble_pipeline left them in eval mode; the EMA copies keep no train-time state
 
@@ -424,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg, a = parse(argv)
     try:
         run(cfg, a)
-    except TrainingError as e:
+    except (TrainingError, UsageError) as e:
         raise SystemExit(f"python -m rece_lite.tiny.train: error: {e}") from None
 
 
