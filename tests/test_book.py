@@ -7,6 +7,7 @@ executed); they are skipped where the book's extra (sphinx, myst-nb, playwright)
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -188,7 +189,10 @@ def small_book(tmp_path_factory):
     """The two-notebook repository rendered by book/build.py (not executed)."""
     pytest.importorskip("myst_nb")
     root = _repo(tmp_path_factory.mktemp("repo"))
-    assert build.main(["--root", str(root), "--no-execute"]) == 0
+    with pytest.MonkeyPatch.context() as mp:  # main() sets defaults in os.environ: keep them out of the session
+        for name in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "OMP_NUM_THREADS"):
+            mp.setenv(name, os.environ.get(name, "1" if name != "TOKENIZERS_PARALLELISM" else "false"))
+        assert build.main(["--root", str(root), "--no-execute"]) == 0
     return root / "build" / "book"
 
 
