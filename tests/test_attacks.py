@@ -458,7 +458,7 @@ def test_concept_vector_is_deterministic(vectored):
 def test_a_shape_concepts_vector_is_added_to_colour_only_prompts(vectored, classifier):
     pipe, _ = vectored
     s = atk.concept_vector_attack(pipe, "star", steps=2, **FAST)
-    assert s.neutral == ("a red", "a green", "a blue", "a yellow")
+    assert s.neutral == tuple(f"a {c}" for c in world.COLOURS)
 
 
 # ------------------------------------------------------------------------------- all
