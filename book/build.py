@@ -22,6 +22,7 @@ import argparse
 import copy
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -114,7 +115,8 @@ def execute(path: Path, cache: Path, fingerprint: str, timeout: int) -> nbformat
     try:
         client.execute()
     except (CellExecutionError, CellTimeoutError) as e:
-        last = [line for line in str(e).strip().splitlines() if line.strip()][-1:]
+        plain = re.sub(r"\x1b\[[0-9;]*m", "", str(e))  # tracebacks come coloured
+        last = [line for line in plain.strip().splitlines() if line.strip()][-1:]
         raise SystemExit(f"book: {path.name} failed: {' '.join(last)[:300]}") from e
     seconds = time.perf_counter() - start
     nb.metadata["rece_lite_book"] = {"key": key, "seconds": round(seconds, 1)}

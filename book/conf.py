@@ -44,3 +44,4 @@ html_theme_options = {
 html_show_sourcelink = False
 html_favicon = "_static/favicon.svg"  # else the browser asks for /favicon.ico, and gets a 404
 html_context = {"default_mode": "light"}  # an unset mode makes the theme log an error in the console
+smartquotes = False  # the text as the notebook has it: "red"'s stays "red"'s
