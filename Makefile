@@ -6,10 +6,13 @@ STAMP := $(VENV)/.installed
 # torch for this Makefile's venv: the CPU build on machines without a GPU (see the file).
 # A GPU user runs `make test TORCH_CONSTRAINTS=` to keep the torch pip picks.
 TORCH_CONSTRAINTS ?= constraints/torch-cpu.txt
+BOOK_STAMP := $(VENV)/.installed-book
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# the miniature model samples faster on one thread, and two threads on a shared 2-core machine thrash
+export OMP_NUM_THREADS ?= 1
 
-.PHONY: demo test lab lint bench train report wheel-check clean
+.PHONY: demo test lab lint bench train report wheel-check book book-test lab-test clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,6 +52,23 @@ wheel-check: $(STAMP)
 	$(PY) -m venv /tmp/rece-lite-wheel-venv
 	/tmp/rece-lite-wheel-venv/bin/pip install --quiet $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) dist/*.whl
 	cd /tmp && /tmp/rece-lite-wheel-venv/bin/rece-lite demo --out /tmp/rece-lite-wheel-demo --force
+
+$(BOOK_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet $(if $(TORCH_CONSTRAINTS),-c $(TORCH_CONSTRAINTS)) -e ".[dev,book]"
+	touch $(BOOK_STAMP)
+
+# The course as a static site in build/book (each notebook executed once, cached on its code and the library).
+book: $(BOOK_STAMP)
+	$(BIN)/python book/build.py
+
+# Every page of the site in headless Chromium (console errors, missing images, broken links; screenshots),
+# and the live attention explorer in JupyterLab.
+book-test: $(BOOK_STAMP)
+	$(BIN)/python book/check_site.py
+	$(BIN)/python book/check_lab.py
+
+lab-test: $(BOOK_STAMP)
+	$(BIN)/python book/check_lab.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build dist
