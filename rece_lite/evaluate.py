@@ -289,8 +289,6 @@ def share_showing(labels: Labels, concept: str) -> float:
     return float(np.mean([s == c.name for s in seen])) if seen else float("nan")
 
 
-share_with = share_showing  # the first landing's name (notebooks 03-05 used it)
-
 
 def accuracy(labels: Labels, shapes: Sequence[str | None], colours: Sequence[str | None]) -> dict[str, float]:
     """Shape, colour and joint accuracy against what the prompts asked for (None: not asked)."""
@@ -314,43 +312,3 @@ def concept_prompts(concept: str, *, synonyms: bool = False) -> list[str]:
 def other_prompts(concept: str) -> tuple[list[str], list[str], list[str]]:
     """Prompts that do not involve ``concept``, with what each asks for (see :meth:`~world.Concept.other_prompts`)."""
     return world.Concept.parse(concept).other_prompts()
-
-
-def concept_share(pipe, concept: str, *, prompts=None, embeds=None, seeds=range(8), **sample_kw) -> float:
-    """Share of images (from ``prompts``, default :func:`concept_prompts`, or ``embeds``) showing ``concept``.
-
-    For the prompts of an erased concept this is the *erasure rate* (lower is better).
-    """
-    from rece_lite.pipeline import sample
-
-    if embeds is None and prompts is None:
-        prompts = concept_prompts(concept)
-    imgs = sample(pipe, prompts, embeds=embeds, seeds=list(seeds), **sample_kw)
-    return share_with(classify(imgs), concept)
-
-
-def other_accuracy(pipe, concept: str, *, seeds=range(8), **sample_kw) -> dict[str, float]:
-    """Shape / colour / joint accuracy on prompts of the *other* concepts (preservation's numerator)."""
-    from rece_lite.pipeline import sample
-
-    prompts, shapes, colours = other_prompts(concept)
-    k = len(list(seeds))
-    imgs = sample(pipe, prompts, seeds=list(seeds), **sample_kw)
-    return accuracy(classify(imgs), [s for s in shapes for _ in range(k)], [c for c in colours for _ in range(k)])
-
-
-def erasure_row(pipe, concept: str, seeds, *, derived=None, reference: dict | None = None, steps: int = 20) -> dict:
-    """The numbers of one model state: shares showing ``concept`` for named prompts, synonym prompts
-    and (optionally) a derived embedding; joint accuracy on other prompts; and preservation
-    relative to ``reference`` (a row of the original model)."""
-    kw = dict(seeds=list(seeds), steps=steps)
-    row = {
-        "named": concept_share(pipe, concept, **kw),
-        "synonyms": concept_share(pipe, concept, prompts=concept_prompts(concept, synonyms=True), **kw),
-        "others": other_accuracy(pipe, concept, **kw)["both"],
-    }
-    if derived is not None:
-        row["derived"] = concept_share(pipe, concept, embeds=derived, **kw)
-    if reference is not None:
-        row["preservation"] = row["others"] / max(reference["others"], 1e-9)
-    return row
