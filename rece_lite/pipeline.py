@@ -537,7 +537,7 @@ def _pooled_rows(pipe: Pipeline, pooled: torch.Tensor | None, embeds: torch.Tens
 def _latents(pipe: Pipeline, gens: list[torch.Generator]) -> torch.Tensor:
     c = pipe.unet.config
     size = c.sample_size if isinstance(c.sample_size, int) else c.sample_size[0]
-    z = torch.stack([torch.randn(c.in_channels, size, size, generator=g) for g in gens])
+    z = torch.stack([torch.randn(c.in_channels, size, size, generator=g, device="cpu") for g in gens])
     return z.to(pipe.unet.device, pipe.unet.dtype)
 
 

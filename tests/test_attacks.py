@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import math
-import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
+import rece_lite
 import rece_lite as rl
 from rece_lite import attacks as atk
 from rece_lite import evaluate as ev
 from rece_lite.pipeline import encode, sample
 from rece_lite.tiny import world
 from rece_lite.tiny.model import build_pipeline
+
+LIBRARY = Path(rece_lite.__file__).resolve().parent
 
 FAST = dict(seeds=[0, 1], progress=False)  # two seeds per prompt, no bars
 SOFT = dict(opt_steps=4, batch=4, targets_per_prompt=1, steps=2)  # a soft prompt in seconds
@@ -31,46 +33,9 @@ def changed(a: dict, b: dict) -> set[str]:
     return {k for k in a if not torch.equal(a[k], b[k])}
 
 
-# Factories that place a tensor on the default device unless told otherwise.
-CONSTRUCTORS = {torch.tensor, torch.as_tensor, torch.arange, torch.zeros, torch.ones, torch.full, torch.empty,
-                torch.eye, torch.linspace, torch.rand, torch.randn, torch.randint, torch.randperm}  # fmt: skip
-
-
-class NamedDevices(TorchFunctionMode):
-    """Records every tensor that code in the given modules creates without naming its device.
-
-    On a CUDA machine such a tensor lands on the CPU and meets the model's CUDA tensors: the
-    device mix a CPU-only CI cannot see by running the code, but can see by watching it.
-    (Running under ``with torch.device("meta")`` catches the same, but also fails inside the
-    tokenizer and diffusers, which build CPU tensors and move them, correctly.)
-    """
-
-    def __init__(self, *modules: str):
-        super().__init__()
-        self.modules = modules
-        self.unnamed: list[str] = []
-
-    def watched(self, module: str) -> bool:
-        return any(module == m or module.startswith(m + ".") for m in self.modules)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in CONSTRUCTORS and kwargs.get("device") is None:
-            frame = sys._getframe(1)
-            while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "torch":
-                frame = frame.f_back  # through torch's own Python wrappers, to the code that called them
-            if frame is not None and self.watched(frame.f_globals.get("__name__", "")):
-                self.unnamed.append(f"torch.{func.__name__} at {frame.f_code.co_filename}:{frame.f_lineno}")
-        return func(*args, **kwargs)
-
-
 @pytest.fixture
-def classifier(monkeypatch):
-    """The shipped shape CNN where it exists, else a seeded random one (same architecture)."""
-    if not ev.CLASSIFIER_PATH.exists():
-        torch.manual_seed(0)
-        net = ev.ShapeNet().eval()
-        monkeypatch.setattr(ev, "shape_classifier", lambda *a, **k: net)
+def classifier():
+    """The shipped shape CNN (loaded once, so that timings in the tests do not include it)."""
     return ev.shape_classifier()
 
 
@@ -579,14 +544,14 @@ def test_a_refused_attack_leaves_the_model_untouched(rand_pipe):
 
 
 # --------------------------------------------------------------------------- devices
-def test_every_tensor_the_attacks_create_names_its_device(rand_pipe):
+def test_every_tensor_the_attacks_create_names_its_device(rand_pipe, unnamed_devices):
     snap = rl.snapshot(rand_pipe)
-    with NamedDevices("rece_lite.attacks") as watch:
+    with unnamed_devices(under=LIBRARY / "attacks") as watch:
         atk.paraphrase_attack(rand_pipe, "red", steps=1, seeds=[0], progress=False)
         atk.soft_prompt_attack(rand_pipe, "red", original=snap, **{**SOFT, "opt_steps": 1}, seeds=[0], progress=False)
         atk.soft_prompt_attack(rand_pipe, "red", space="output", **{**SOFT, "opt_steps": 1}, seeds=[0], progress=False)
         atk.concept_vector_attack(rand_pipe, "red", steps=1, seeds=[0], progress=False)
-    assert watch.unnamed == []
+    assert watch.calls == []
 
 
 @pytest.fixture

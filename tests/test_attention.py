@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -14,7 +13,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 from transformers import CLIPTokenizer
 
 import rece_lite
@@ -304,68 +302,22 @@ def test_store_size_refuses_a_max_resolution_below_one(max_resolution):
 
 
 # ------------------------------------------------------------------ devices
-FACTORIES = {
-    torch.arange,
-    torch.as_tensor,
-    torch.asarray,
-    torch.empty,
-    torch.eye,
-    torch.full,
-    torch.linspace,
-    torch.logspace,
-    torch.ones,
-    torch.rand,
-    torch.randint,
-    torch.randn,
-    torch.randperm,
-    torch.scalar_tensor,
-    torch.tensor,
-    torch.zeros,
-}  # the functions that `with torch.device(...)` redirects: those that take the default device
-LIBRARY = Path(rece_lite.__file__).resolve().parent
-
-
-class CreatedWithoutDevice(TorchFunctionMode):
-    """Notes every tensor factory that rece_lite's code calls without naming a device.
-
-    Such a tensor lands on the default device (the CPU), not beside the model: on a GPU
-    that is "Expected all tensors to be on the same device".  Running the code under
-    ``with torch.device("meta")`` finds the same calls, but diffusers' own code cannot run
-    there; this looks only at calls made from rece_lite's files.
-    """
-
-    def __init__(self, under: Path = LIBRARY):
-        super().__init__()
-        self.under = under
-        self.calls: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in FACTORIES and kwargs.get("device") is None:
-            frame = sys._getframe(1)
-            while frame is not None and "torch" in Path(frame.f_code.co_filename).parts:
-                frame = frame.f_back
-            if frame is not None and self.under in Path(frame.f_code.co_filename).resolve().parents:
-                self.calls.append(f"{frame.f_code.co_filename}:{frame.f_lineno} torch.{func.__name__}")
-        return func(*args, **kwargs)
-
-
-def test_the_device_check_sees_a_tensor_created_without_a_device():
-    with CreatedWithoutDevice(under=Path(__file__).resolve().parent) as check:
+def test_the_device_check_sees_a_tensor_created_without_a_device(unnamed_devices):
+    with unnamed_devices(under=Path(__file__).resolve().parent) as check:
         torch.zeros(2)
     assert len(check.calls) == 1
 
 
-def test_the_device_check_lets_a_tensor_with_a_device_pass():
-    with CreatedWithoutDevice(under=Path(__file__).resolve().parent) as check:
+def test_the_device_check_lets_a_tensor_with_a_device_pass(unnamed_devices):
+    with unnamed_devices(under=Path(__file__).resolve().parent) as check:
         torch.zeros(2, device="cpu")
     assert check.calls == []
 
 
-def test_recording_and_reading_name_the_device_of_every_tensor_they_create(pipe):
+def test_recording_and_reading_name_the_device_of_every_tensor_they_create(pipe, unnamed_devices):
     mask = np.zeros((32, 32), bool)
     mask[:, :16] = True
-    with CreatedWithoutDevice() as check:
+    with unnamed_devices() as check:
         rec = generate_with_attention(pipe, PROMPT, num_inference_steps=2)
         heat = rec.word_map("red")
         rec.store.token_maps(layer="up_blocks", step=-1)

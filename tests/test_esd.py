@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import sys
+from pathlib import Path
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
+import rece_lite
 import rece_lite as rl
 from rece_lite import layers
 from rece_lite.esd import esd_erase
 from rece_lite.tiny.model import build_pipeline
+
+LIBRARY = Path(rece_lite.__file__).resolve().parent
 
 QUICK = dict(steps=5, batch=4, images_per_prompt=1, sample_steps=2, progress=False)
 
@@ -22,37 +24,6 @@ def state_of(module) -> dict[str, torch.Tensor]:
 
 def changed(a: dict, b: dict) -> set[str]:
     return {k for k in a if not torch.equal(a[k], b[k])}
-
-
-# Factories that place a tensor on the default device unless told otherwise.
-CONSTRUCTORS = {torch.tensor, torch.as_tensor, torch.arange, torch.zeros, torch.ones, torch.full, torch.empty,
-                torch.eye, torch.linspace, torch.rand, torch.randn, torch.randint, torch.randperm}  # fmt: skip
-
-
-class NamedDevices(TorchFunctionMode):
-    """Records every tensor that code in the given modules creates without naming its device.
-
-    On a CUDA machine such a tensor lands on the CPU and meets the model's CUDA tensors (see
-    the same watcher in test_attacks.py).
-    """
-
-    def __init__(self, *modules: str):
-        super().__init__()
-        self.modules = modules
-        self.unnamed: list[str] = []
-
-    def watched(self, module: str) -> bool:
-        return any(module == m or module.startswith(m + ".") for m in self.modules)
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in CONSTRUCTORS and kwargs.get("device") is None:
-            frame = sys._getframe(1)
-            while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] == "torch":
-                frame = frame.f_back  # through torch's own Python wrappers, to the code that called them
-            if frame is not None and self.watched(frame.f_globals.get("__name__", "")):
-                self.unnamed.append(f"torch.{func.__name__} at {frame.f_code.co_filename}:{frame.f_lineno}")
-        return func(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -188,10 +159,10 @@ def test_an_interrupted_esd_leaves_the_model_untouched(rand_pipe, monkeypatch):
 
 
 # --------------------------------------------------------------------------- devices
-def test_every_tensor_esd_creates_names_its_device(rand_pipe):
-    with NamedDevices("rece_lite.esd") as watch:
+def test_every_tensor_esd_creates_names_its_device(rand_pipe, unnamed_devices):
+    with unnamed_devices(under=LIBRARY / "esd.py") as watch:
         esd_erase(rand_pipe, "red", **{**QUICK, "steps": 1})
-    assert watch.unnamed == []
+    assert watch.calls == []
 
 
 @pytest.mark.cuda

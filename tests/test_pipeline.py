@@ -258,3 +258,13 @@ def test_both_pipeline_classes_have_what_the_protocol_names(make):
     pipe = make(seed=0)
     missing = [name for name in pl.Pipeline.__annotations__ if getattr(pipe, name, None) is None]
     assert missing == []
+
+
+def test_sampling_and_encoding_name_the_device_of_every_tensor_they_create(unnamed_devices):
+    from rece_lite.tiny.model import build_pipeline
+
+    pipe = build_pipeline(seed=0)
+    with unnamed_devices() as check:
+        rl.sample(pipe, ["a red circle"], seeds=[0], steps=1)
+        rl.sample(pipe, embeds=rl.encode(pipe, ["a red circle"]), seeds=[0], steps=1)
+    assert check.calls == []
