@@ -18,13 +18,13 @@ from rece_lite.attention import layer_label, select_layers
 
 
 def to_array(images) -> np.ndarray:
-    """(n, H, W, 3) uint8 from a list of PIL images, an array or tensor (uint8, or floats in [0, 1])."""
+    """(n, H, W, 3) uint8 from an array or tensor, or a list of PIL images / arrays (uint8, or floats in [0, 1])."""
     if isinstance(images, np.ndarray):
         arr = images
     elif isinstance(images, torch.Tensor):
         arr = images.detach().cpu().numpy()
-    else:  # a list of PIL images, as pipelines return
-        arr = np.stack([np.asarray(im.convert("RGB")) for im in images])
+    else:  # a list of PIL images (as pipelines return) or of arrays
+        arr = np.stack([np.asarray(im.convert("RGB")) if hasattr(im, "convert") else np.asarray(im) for im in images])
     if arr.dtype != np.uint8:  # floats in [0, 1]
         arr = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if arr.ndim == 4 and arr.shape[1] == 3 and arr.shape[-1] != 3:

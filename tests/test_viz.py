@@ -82,6 +82,11 @@ def test_to_array_takes_pil_images():
     assert viz.to_array(images).shape == (2, 3, 4, 3)
 
 
+def test_to_array_takes_a_list_of_arrays():
+    images = [np.zeros((3, 4, 3), np.uint8), np.full((3, 4, 3), 7, np.uint8)]
+    assert viz.to_array(images)[1].max() == 7
+
+
 def test_to_array_turns_floats_into_bytes():
     assert viz.to_array(np.full((1, 2, 2, 3), 0.5)).max() == 128
 
