@@ -19,9 +19,12 @@ What the edits see, per family (``d`` = width of the embedding the cross-attenti
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
+import operator
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -92,6 +95,15 @@ def check_supported(pipe: Pipeline) -> None:
         raise NotImplementedError(
             f"{name} has two text encoders but is not an SDXL pipeline (it lacks tokenizer_2 or diffusers' "
             "encode_prompt): rece-lite edits StableDiffusionPipeline (SD 1.x, 2.x) and StableDiffusionXLPipeline"
+        )
+
+
+def _check_pipe(pipe: Pipeline, parts: tuple[str, ...] = ("unet", "text_encoder", "tokenizer")) -> None:
+    """Refuse what is not a diffusers pipeline (None, a string, a lone module) before any attribute is used."""
+    if not callable(pipe) or isinstance(pipe, torch.nn.Module) or any(getattr(pipe, p, None) is None for p in parts):
+        raise TypeError(
+            f"pipe is not a diffusers pipeline (got {type(pipe).__name__}): "
+            "give a Stable Diffusion pipeline, e.g. rl.load_pipeline('tiny')"
         )
 
 
@@ -225,8 +237,17 @@ def _check_dtype(dtype: torch.dtype | None, device: torch.device) -> torch.dtype
     return dtype
 
 
+class _NotAnIndex(ValueError):
+    """A ``model_index.json`` that is JSON but not an object: said as it is, not as a missing model."""
+
+
 def _pipeline_class(index: dict, model: str | os.PathLike) -> type:
     """The class a ``model_index.json`` names, if rece-lite can edit it; a clear refusal otherwise."""
+    if not isinstance(index, dict):
+        raise _NotAnIndex(
+            f"{str(model)!r}: its model_index.json holds a JSON {type(index).__name__}, not an object naming the "
+            "pipeline class (`_class_name`): it is not a diffusers model folder"
+        )
     name = index.get("_class_name")
     classes = _pipeline_classes()
     if isinstance(name, str) and name in classes:
@@ -266,6 +287,10 @@ def load_pipeline(
         NotImplementedError: the folder holds another kind of pipeline (e.g. FLUX or SD 3,
             which have no cross-attention K/V: see ``docs/mmdit.md``).
     """
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(
+            f"model must be 'tiny', a folder or a hub id (a str or os.PathLike), got {type(model).__name__} {model!r}"
+        )
     dev = _check_device(device)
     dtype = _check_dtype(dtype, dev)
     tiny = str(model) == "tiny"
@@ -292,6 +317,8 @@ def load_pipeline(
             # 2. Its weights, in the dtype asked for
             pipe = cls.from_pretrained(source, local_files_only=local or offline, dtype=dtype)
     except (OSError, ValueError) as e:
+        if isinstance(e, _NotAnIndex):
+            raise
         where = (
             "is not a folder in save_pretrained layout"
             if local
@@ -325,8 +352,8 @@ def encode(pipe: Pipeline, prompts: str | Sequence[str]) -> torch.Tensor:
         (B, T, d) in the text encoder's dtype, on its device (SD 1.x: d = 768; SD 2.x:
         1024; SDXL: 2048).
     """
-    if isinstance(prompts, str):
-        prompts = [prompts]
+    _check_pipe(pipe, ("text_encoder", "tokenizer"))
+    prompts = _prompt_list(prompts)
     if is_sdxl(pipe):
         embeds, _, _, _ = pipe.encode_prompt(
             list(prompts), device=pipe.text_encoder.device, do_classifier_free_guidance=False
@@ -361,7 +388,24 @@ def encode_pooled(pipe: Pipeline, prompts: str | Sequence[str]) -> torch.Tensor:
     return pooled
 
 
-def check_prompts(pipe: Pipeline, prompts: str | Sequence[str], what: str = "prompt") -> None:
+def _prompt_list(prompts: object, what: str = "prompts") -> list[str]:
+    """``prompts`` as a non-empty list of strings (one string is a list of one), or a refusal naming ``what``."""
+    if isinstance(prompts, str):
+        return [prompts]
+    if not isinstance(prompts, Iterable) or isinstance(prompts, (bytes, dict, torch.Tensor)):
+        raise TypeError(f"{what} must be a prompt (str) or a list of prompts, got {type(prompts).__name__}")
+    out = list(prompts)
+    if not out:
+        raise ValueError(f"{what} is empty: give at least one prompt")
+    for i, p in enumerate(out):
+        if not isinstance(p, str):
+            raise TypeError(f"{what} must be strings, got {type(p).__name__} {p!r} at position {i}")
+    return out
+
+
+def check_prompts(
+    pipe: Pipeline, prompts: str | Sequence[str], what: str = "prompt", *, check_length: bool = True
+) -> None:
     """Refuse prompts the text encoder would silently change: too long (cut) or with unknown words.
 
     CLIP's byte-level BPE knows every word, so only length matters for real SD; the miniature
@@ -372,6 +416,8 @@ def check_prompts(pipe: Pipeline, prompts: str | Sequence[str], what: str = "pro
     Args:
         prompts: the prompt(s) to check.
         what: the argument's name, for the message (``"erase"``, ``"preserve"``, ...).
+        check_length: refuse prompts longer than the text encoder's context too (``sample``
+            leaves them to diffusers, which cuts them with a warning, as prompt files expect).
     """
     tokenizers = [pipe.tokenizer]
     second = getattr(pipe, "tokenizer_2", None)
@@ -381,12 +427,12 @@ def check_prompts(pipe: Pipeline, prompts: str | Sequence[str], what: str = "pro
         if not isinstance(p, str):
             raise TypeError(f"{what}: prompts must be strings, got {type(p).__name__}")
         for tok in tokenizers:
-            _check_prompt(tok, p, what)
+            _check_prompt(tok, p, what, check_length)
 
 
-def _check_prompt(tok, p: str, what: str) -> None:
+def _check_prompt(tok, p: str, what: str, check_length: bool = True) -> None:
     ids = tok(p, truncation=False, verbose=False).input_ids
-    if len(ids) > tok.model_max_length:
+    if check_length and len(ids) > tok.model_max_length:
         raise ValueError(
             f"{what} prompt {p!r} is {len(ids)} tokens long, more than this text encoder's "
             f"{tok.model_max_length}: shorten it (it would be cut silently)"
@@ -462,18 +508,25 @@ def sample(
     """
     import numpy as np
 
+    _check_pipe(pipe)
     if (prompts is None) == (embeds is None):
         raise ValueError("give prompts or embeds (not both)")
+    steps = _whole(steps, "steps", "the number of sampling steps, e.g. 20")
+    batch_size = _whole(batch_size, "batch_size", "pictures drawn at once, e.g. 64")
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real):
+        raise TypeError(f"guidance must be a number (the classifier-free guidance scale, e.g. 6.0), got {guidance!r}")
+    if not math.isfinite(guidance):
+        raise ValueError(f"guidance must be finite (the classifier-free guidance scale, e.g. 6.0), got {guidance}")
+    seeds = _seed_list(seeds)
     sdxl = is_sdxl(pipe)
     if embeds is not None:
-        if embeds.ndim == 2:
-            embeds = embeds[None]
+        embeds = _check_embeds(pipe, embeds)
         conds = list(embeds)
     else:
-        conds = [prompts] if isinstance(prompts, str) else list(prompts)
+        conds = _prompt_list(prompts)
+        check_prompts(pipe, conds, "sample", check_length=False)  # diffusers cuts long prompts, with a warning
     pooled_rows = _pooled_rows(pipe, pooled, embeds, sdxl)
     if paired:
-        seeds = list(seeds)
         if len(seeds) != len(conds):
             raise ValueError(f"paired=True needs one seed per prompt: {len(conds)} prompts, {len(seeds)} seeds")
         jobs = list(enumerate(seeds))
@@ -513,6 +566,54 @@ def sample(
     done = parallel.gather(done)
     out = [done[b] for b in range(len(starts))]
     return np.concatenate(out)
+
+
+def _whole(value: object, what: str, meaning: str) -> int:
+    """``value`` as an int >= 1, or a refusal naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{what} must be a whole number >= 1 ({meaning}), got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{what} must be a whole number >= 1 ({meaning}), got {value}")
+    return int(value)
+
+
+def _seed_list(seeds: object) -> list[int]:
+    """``seeds`` as a non-empty list of ints (numpy and 0-d integer tensors too), or a refusal naming ``seeds``."""
+    if isinstance(seeds, (str, bytes)) or not isinstance(seeds, Iterable):
+        raise TypeError(f"seeds must be a list of whole numbers such as [0, 1], got {type(seeds).__name__} {seeds!r}")
+    out = []
+    for s in seeds:
+        try:
+            out.append(operator.index(s))
+        except TypeError:
+            raise TypeError(f"seeds must be whole numbers, got {type(s).__name__} {s!r}") from None
+    if not out:
+        raise ValueError("seeds is empty: give at least one seed, e.g. seeds=[0]")
+    return out
+
+
+def _check_embeds(pipe: Pipeline, embeds: object) -> torch.Tensor:
+    """``embeds`` as (P, T, d) real and finite, d the cross-attention's width; a list of (T, d) is stacked."""
+    if isinstance(embeds, (list, tuple)) and embeds and all(isinstance(e, torch.Tensor) for e in embeds):
+        try:
+            embeds = torch.stack(list(embeds))
+        except RuntimeError as e:
+            raise ValueError(f"embeds: the list's tensors do not stack into one (P, T, d) tensor ({e})") from None
+    if not isinstance(embeds, torch.Tensor) or not embeds.is_floating_point():
+        got = f"a {embeds.dtype} tensor" if isinstance(embeds, torch.Tensor) else type(embeds).__name__
+        raise TypeError(f"embeds must be a real floating-point (P, T, d) tensor or a list of (T, d) ones, got {got}")
+    if embeds.ndim == 2:
+        embeds = embeds[None]
+    width = pipe.unet.config.cross_attention_dim
+    if embeds.ndim != 3 or embeds.shape[0] == 0:
+        raise ValueError(f"embeds has shape {tuple(embeds.shape)}; give (P, T, {width}) or one (T, {width})")
+    if isinstance(width, int) and embeds.shape[-1] != width:
+        raise ValueError(
+            f"embeds has width {embeds.shape[-1]}; this model's cross-attention expects {width} (shape (P, T, {width}))"
+        )
+    if not bool(torch.isfinite(embeds).all()):
+        raise ValueError("embeds contains NaN or inf")
+    return embeds
 
 
 def _pooled_rows(pipe: Pipeline, pooled: torch.Tensor | None, embeds: torch.Tensor | None, sdxl: bool):
