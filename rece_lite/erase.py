@@ -131,8 +131,13 @@ class Patch:
                 f"this patch was made for model {self.fingerprint}, not this one ({fp}): load the model it was made "
                 "for, or make a new patch on this one"
             )
-        if set(mods) != set(self.weights):
-            raise ValueError("this patch names other cross-attention matrices than the model has")
+        _check_names(set(self.weights), set(mods), "this patch")
+        meta = [n for n, w in self.weights.items() if w.is_meta]
+        if meta:
+            raise ValueError(
+                f"this patch's weights are on the meta device (shapes without values, e.g. {meta[0]}): "
+                "make the patch from real weights; nothing was changed"
+            )
         new = {}
         for name, w in self.weights.items():
             target = mods[name].weight
@@ -171,7 +176,7 @@ class Patch:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as safetensors (tensors on the CPU), atomically: a temp file renamed into place."""
-        path = Path(path)
+        path = _check_path(path, "Patch.save")
         if path.is_dir():
             raise IsADirectoryError(f"cannot save the patch to {path}: it is a folder; give a file name in it")
         if not path.parent.is_dir():
@@ -179,7 +184,11 @@ class Patch:
         tensors = dict(self.weights)
         if self.map is not None:
             tensors[MAP_KEY] = self.map
-        meta = {"rece_lite.fingerprint": self.fingerprint, "rece_lite.metadata": json.dumps(self.metadata)}
+        try:
+            text = json.dumps(self.metadata)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"cannot save the patch: its metadata is not JSON ({e}); keep strings in it") from None
+        meta = {"rece_lite.fingerprint": self.fingerprint, "rece_lite.metadata": text}
         try:
             save_tensors(tensors, path, meta)
         except (OSError, SafetensorError) as e:
@@ -188,7 +197,7 @@ class Patch:
     @classmethod
     def load(cls, path: str | os.PathLike) -> Patch:
         """Read a patch written by :meth:`save`."""
-        path = Path(path)
+        path = _check_path(path, "Patch.load")
         expected = "a .safetensors file written by Patch.save"
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder; Patch.load expects {expected}")
@@ -218,6 +227,29 @@ class Patch:
             raise TypeError(f"{path}: {e}") from e
 
 
+def _check_names(have: set[str], model: set[str], what: str) -> None:
+    """Refuse a set of K/V matrix names that is not the model's, naming a few that are missing or extra."""
+    if have == model:
+        return
+
+    def few(names: set[str]) -> str:
+        names = sorted(names)
+        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+
+    parts = [f"missing {few(model - have)}"] if model - have else []
+    parts += [f"extra {few(have - model)}"] if have - model else []
+    raise ValueError(
+        f"{what} names other cross-attention matrices than the model has ({'; '.join(parts)}): "
+        "it was made for another model; nothing was changed"
+    )
+
+
+def _check_path(path: object, what: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what}: path must be a file name (a str or os.PathLike), got {type(path).__name__} {path!r}")
+    return Path(path)
+
+
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b.to(a.device))
 
@@ -240,9 +272,17 @@ def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
 
 def _unet(pipe, what: str) -> torch.nn.Module:
     unet = getattr(pipe, "unet", pipe)
-    if not isinstance(unet, torch.nn.Module):
+    if not isinstance(unet, torch.nn.Module) or (unet is pipe and not _has_cross_attention(unet)):
         raise TypeError(f"{what} needs a Stable Diffusion pipeline (or its UNet), got {type(pipe).__name__}")
     return unet
+
+
+def _has_cross_attention(module: torch.nn.Module) -> bool:
+    try:
+        layers.cross_attention_layers(module)
+    except ValueError:
+        return False
+    return True
 
 
 def _write(mods: dict[str, torch.nn.Linear], weights: dict[str, torch.Tensor]) -> None:
@@ -438,8 +478,7 @@ def _check_original(pipe, original: Patch | None) -> dict[str, torch.Tensor]:
     if original.fingerprint != fp:
         raise ValueError(f"original= is a snapshot of model {original.fingerprint}, not of this one ({fp})")
     names = list(layers.projections(pipe.unet))
-    if set(names) != set(original.weights):
-        raise ValueError("original= names other cross-attention matrices than the model has")
+    _check_names(set(original.weights), set(names), "original=")
     return {n: original.weights[n] for n in names}
 
 
