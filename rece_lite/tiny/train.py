@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from rece_lite.evaluate import ShapeNet, augment
 from rece_lite.files import UsageError, save_tensors, staged_dir
-from rece_lite.pipeline import assemble_pipeline
+from rece_lite.pipeline import _check_device, assemble_pipeline
 from rece_lite.tiny import model as tm
 from rece_lite.tiny import world
 
@@ -92,8 +92,23 @@ class TrainConfig:
                 raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.two_object_rate <= 1.0:
             raise TrainingError(f"--two-object-rate must be in [0, 1], got {self.two_object_rate}")
-        if self.model.size % 2 ** (len(self.model.vae_channels) - 1):
-            raise TrainingError(f"--size {self.model.size} is not a multiple of the VAE's downsampling")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise TrainingError(f"--lr must be a finite number > 0, got {self.lr}")
+        m = self.model
+        for name in ("size", "unet_heads", "text_width", "text_layers", "text_heads"):
+            if getattr(m, name) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(m, name)}")
+        for name in ("vae_channels", "unet_channels"):
+            if not getattr(m, name) or min(getattr(m, name)) < 1:
+                raise TrainingError(f"--{name.replace('_', '-')} must be one or more numbers >= 1")
+        if m.size % 2 ** (len(m.vae_channels) - 1):
+            raise TrainingError(f"--size {m.size} is not a multiple of the VAE's downsampling")
+        if any(c % m.unet_heads for c in m.unet_channels):
+            raise TrainingError(
+                f"--unet-heads {m.unet_heads} does not divide every --unet-channels {list(m.unet_channels)}"
+            )
+        if m.text_width % m.text_heads:
+            raise TrainingError(f"--text-width {m.text_width} is not a multiple of --text-heads {m.text_heads}")
 
     def stage(self, name: str) -> dict:
         """The settings a stage's state depends on (a resumed stage must match them)."""
@@ -415,11 +430,16 @@ def parse(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
             raise TrainingError(f"--checkpoint-every must be >= 1, got {a.checkpoint_every}")
         if a.threads is not None and a.threads < 1:
             raise TrainingError(f"--threads must be >= 1, got {a.threads}")
+        if a.device is not None:
+            try:
+                _check_device(a.device)
+            except (TypeError, ValueError) as e:
+                raise TrainingError(f"--device {a.device}: {e}") from None
         if a.classifier is None:
             at_home = a.out.resolve().parent == DATA.resolve()
             a.classifier = (DATA if at_home else a.work) / "shape_classifier.safetensors"
+        _writable(a.out.parent, "the folder of --out")  # before --work is made: a refused run leaves nothing
         _writable(a.work, "--work")
-        _writable(a.out.parent, "the folder of --out")
         _writable(a.classifier.parent, "the folder of --classifier")
     except TrainingError as e:
         p.error(str(e))
