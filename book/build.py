@@ -135,6 +135,9 @@ def for_the_page(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
       its first view); one without a picture (a progress bar) is dropped: it needs a live kernel.
     - A solution cell (tag ``hide-input`` with ``jupyter.source_hidden`` or the tag ``solution``)
       folds its code behind "Show solution".
+    - Markdown a cell printed (``course.say``) is not read by Sphinx as a document, so its relative
+      links to other pages of the course (``04_deriving_embeddings.ipynb``, ``glossary.md#guide``)
+      are pointed at the pages' HTML here.
     """
     nb = copy.deepcopy(nb)
     nb.metadata.pop("widgets", None)
@@ -142,11 +145,22 @@ def for_the_page(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
         if cell.cell_type != "code":
             continue
         cell.outputs = [_static_output(o) for o in cell.outputs if _has_static_view(o)]
+        for o in cell.outputs:
+            if "text/markdown" in o.get("data", {}):
+                o.data["text/markdown"] = html_links(o.data["text/markdown"])
         if is_solution(cell):
             cell.metadata.setdefault("mystnb", {}).update(
                 code_prompt_show="Show solution", code_prompt_hide="Hide solution"
             )
     return nb
+
+
+_PAGE_LINK = re.compile(r"\]\((?![a-z][a-z0-9+.-]*:|/|#)([^)#\s]+)\.(?:ipynb|md)(#[^)\s]*)?\)")
+
+
+def html_links(markdown: str) -> str:
+    """``[text](page.ipynb#anchor)`` and ``[text](page.md)`` as links to the built pages (``page.html``)."""
+    return _PAGE_LINK.sub(lambda m: f"]({m.group(1)}.html{m.group(2) or ''})", markdown)
 
 
 def is_solution(cell: nbformat.NotebookNode) -> bool:

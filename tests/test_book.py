@@ -121,6 +121,25 @@ def test_a_widget_without_a_picture_is_left_out():
     assert build.for_the_page(nb).cells[0].outputs == []
 
 
+def _printed_markdown(text: str) -> str:
+    said = new_output("display_data", {"text/markdown": text, "text/plain": "<Markdown>"})
+    nb = new_notebook(cells=[new_code_cell("course.say(...)", outputs=[said])])
+    return build.for_the_page(nb).cells[0].outputs[0].data["text/markdown"]
+
+
+def test_printed_links_to_notebooks_point_at_their_pages():
+    assert _printed_markdown("[04](04_deriving_embeddings.ipynb)") == "[04](04_deriving_embeddings.html)"
+
+
+def test_printed_links_to_markdown_pages_keep_their_anchor():
+    assert _printed_markdown("[g](glossary.md#guide)") == "[g](glossary.html#guide)"
+
+
+def test_printed_links_elsewhere_are_left_alone():
+    text = "[a](https://example.org/x.md) [b](#here)"
+    assert _printed_markdown(text) == text
+
+
 def test_a_solution_folds_behind_show_solution():
     cell = new_code_cell("x = 1", metadata={"tags": ["hide-input"], "jupyter": {"source_hidden": True}})
     page = build.for_the_page(new_notebook(cells=[cell]))
