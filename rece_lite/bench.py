@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
 import math
 import os
@@ -378,17 +379,20 @@ def read_prompts(path: str | os.PathLike, *, default_seed: int = 0) -> list[Prom
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"the prompt file {path} does not exist")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames or "prompt" not in reader.fieldnames:
-            raise ValueError(f"{path} needs a 'prompt' column (found {reader.fieldnames or 'no header'})")
-        rows = []
-        for n, r in enumerate(reader, start=2):
-            seed = (r.get("evaluation_seed") or "").strip()
-            try:
-                rows.append(PromptRow(r["prompt"].strip(), int(float(seed)) if seed else default_seed))
-            except ValueError:
-                raise ValueError(f"{path}, line {n}: evaluation_seed {seed!r} is not an integer") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"the prompt file {path} is not UTF-8 text (a CSV file is expected): {e.reason}") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if not reader.fieldnames or "prompt" not in reader.fieldnames:
+        raise ValueError(f"{path} needs a 'prompt' column (found {reader.fieldnames or 'no header'})")
+    rows = []
+    for n, r in enumerate(reader, start=2):
+        seed = (r.get("evaluation_seed") or "").strip()
+        try:
+            rows.append(PromptRow(r["prompt"].strip(), int(float(seed)) if seed else default_seed))
+        except ValueError:
+            raise ValueError(f"{path}, line {n}: evaluation_seed {seed!r} is not an integer") from None
     if not rows:
         raise ValueError(f"{path} has no prompts")
     return rows

@@ -91,6 +91,11 @@ def check_supported(pipe: Pipeline) -> None:
                 f"{name} has no {part}: a Stable Diffusion pipeline (StableDiffusionPipeline or "
                 "StableDiffusionXLPipeline) is needed"
             )
+    if "StableDiffusionXL" in name and not is_sdxl(pipe):
+        raise ValueError(
+            f"{name} lacks text_encoder_2 or tokenizer_2: SDXL conditions on two text encoders. If these are "
+            "SD 1.x/2.x weights, their model_index.json should name StableDiffusionPipeline"
+        )
     if getattr(pipe, "text_encoder_2", None) is not None and not is_sdxl(pipe):
         raise NotImplementedError(
             f"{name} has two text encoders but is not an SDXL pipeline (it lacks tokenizer_2 or diffusers' "

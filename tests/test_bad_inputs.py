@@ -200,3 +200,27 @@ def test_training_checks_out_before_it_makes_work(tmp_path):
     with pytest.raises(SystemExit):
         train.parse(["--out", str(tmp_path / "f.txt" / "o"), "--work", str(tmp_path / "w")])
     assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------- the last two the probe found weak
+def test_an_sdxl_pipeline_without_its_second_text_encoder_is_refused():
+    from diffusers import StableDiffusionXLPipeline
+
+    from rece_lite.pipeline import check_supported
+    from rece_lite.tiny.model import build_pipeline
+
+    tiny = build_pipeline(seed=0)
+    xl = StableDiffusionXLPipeline(vae=tiny.vae, text_encoder=tiny.text_encoder, text_encoder_2=None,
+                                   tokenizer=tiny.tokenizer, tokenizer_2=None, unet=tiny.unet,
+                                   scheduler=tiny.scheduler)  # fmt: skip
+    with pytest.raises(ValueError, match="text_encoder_2"):
+        check_supported(xl)
+
+
+def test_a_prompt_file_that_is_not_text_is_refused_naming_it(tmp_path):
+    from rece_lite.bench import read_prompts
+
+    path = tmp_path / "p.csv"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(ValueError, match="p.csv"):
+        read_prompts(path)
