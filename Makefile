@@ -64,6 +64,7 @@ book: $(BOOK_STAMP)
 # Every page of the site in headless Chromium (console errors, missing images, broken links; screenshots),
 # and the live attention explorer in JupyterLab.
 book-test: $(BOOK_STAMP)
+	$(BIN)/python -m pytest -q tests/test_book.py  # the Sphinx and browser tests that `make test` skips without the book extra
 	$(BIN)/python book/check_site.py
 	$(BIN)/python book/check_lab.py
 
