@@ -327,6 +327,23 @@ def train_refused(ctx: Ctx, *argv: str) -> None:
     expect_refusal(res, "training with " + " ".join(argv))
 
 
+def resolved(args: dict, ctx) -> dict:
+    """``args`` with every callable argument computed from the probe's context (tensors are passed as they are)."""
+    import torch
+
+    return {k: v(ctx) if callable(v) and not isinstance(v, torch.Tensor) else v for k, v in args.items()}
+
+
+def edit_call(edit, **kw):
+    """A probe calling ``edit(pipe, erase="red", **kw)``; ``pipe=`` replaces the context's pipeline."""
+
+    def fn(ctx):
+        args = resolved({"erase": "red", **kw}, ctx)
+        edit(args.pop("pipe", ctx.pipe), **args)
+
+    return fn
+
+
 # ============================================================================== API: uce_erase
 def register_api() -> None:
     import torch
@@ -334,15 +351,7 @@ def register_api() -> None:
     import rece_lite as rl
 
     def uce(**kw):
-        def fn(ctx):
-            args = {"erase": "red", **kw}
-            for k, v in list(args.items()):
-                if callable(v) and not isinstance(v, torch.Tensor):
-                    args[k] = v(ctx)
-            pipe = args.pop("pipe", ctx.pipe)
-            rl.uce_erase(pipe, **args)
-
-        return fn
+        return edit_call(rl.uce_erase, **kw)
 
     cat = "API"
     bad_items = {
@@ -441,10 +450,7 @@ def register_api() -> None:
             snap = rl.snapshot(ctx.pipe)
             rl.uce_erase(ctx.pipe, "red")
             ctx.arm()
-            args = {"concept": "red", "original": snap, **kw}
-            for k, v in list(args.items()):
-                if callable(v) and not isinstance(v, torch.Tensor):
-                    args[k] = v(ctx)
+            args = resolved({"concept": "red", "original": snap, **kw}, ctx)
             pipe = args.pop("pipe", ctx.pipe)
             rl.derive_embedding(pipe, args.pop("concept"), **args)
 
@@ -478,15 +484,7 @@ def register_api() -> None:
 
     # ---------------------------------------------------------------- rece_erase
     def rece(**kw):
-        def fn(ctx):
-            args = {"erase": "red", **kw}
-            for k, v in list(args.items()):
-                if callable(v) and not isinstance(v, torch.Tensor):
-                    args[k] = v(ctx)
-            pipe = args.pop("pipe", ctx.pipe)
-            rl.rece_erase(pipe, **args)
-
-        return fn
+        return edit_call(rl.rece_erase, **kw)
 
     for v in [-1, 1.5, "2", None, True, math.inf]:
         add(cat, f"rece_erase epochs={v!r}", rece(epochs=v), "epochs")
@@ -656,10 +654,7 @@ def register_api() -> None:
     # ---------------------------------------------------------------- sample / encode
     def smp(**kw):
         def fn(ctx):
-            args = {"prompts": "a red circle", "steps": 2, **kw}
-            for k, v in list(args.items()):
-                if callable(v) and not isinstance(v, torch.Tensor):
-                    args[k] = v(ctx)
+            args = resolved({"prompts": "a red circle", "steps": 2, **kw}, ctx)
             pipe = args.pop("pipe", ctx.pipe)
             rl.sample(pipe, args.pop("prompts"), **args)
 
@@ -1065,8 +1060,10 @@ def register_load() -> None:
     def sdxl_folder(ctx):
         from diffusers import StableDiffusionXLPipeline
 
+        from rece_lite.tiny.model import build_sdxl_pipeline
+
         p = ctx.tmp / "sdxl"
-        small_sdxl_pipeline().save_pretrained(p)
+        build_sdxl_pipeline(seed=0).save_pretrained(p)
         ctx.arm()
         pipe = rl.load_pipeline(p, device="cpu")
         if type(pipe) is not StableDiffusionXLPipeline or getattr(pipe, "text_encoder_2", None) is None:
@@ -1075,36 +1072,6 @@ def register_load() -> None:
         shutil.rmtree(p)
 
     add(cat, "load_pipeline(a folder saved from a small SDXL pipeline) (valid)", sdxl_folder, expect="ok")
-
-
-def small_sdxl_pipeline(seed: int = 0):
-    """SDXL's structure at toy size (two text encoders, a pooled embedding)."""
-    import torch
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from rece_lite import pipeline as pl
-    from rece_lite.tiny.model import build_tokenizer, build_vae
-
-    small = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
-                 bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
-    torch.manual_seed(seed)
-    tok, tok_2 = build_tokenizer(), build_tokenizer()
-    unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=96, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=16 + 6 * 8,
-    )  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, projection_dim=32, **small))
-    text_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(vocab_size=len(tok), hidden_size=64, projection_dim=16, **small)
-    )
-    scheduler = EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
-                                       steps_offset=1, timestep_spacing="leading")  # fmt: skip
-    return pl.assemble_sdxl_pipeline(unet=unet, text_encoder=text, text_encoder_2=text_2, tokenizer=tok,
-                                     tokenizer_2=tok_2, vae=build_vae(), scheduler=scheduler)  # fmt: skip
 
 
 # ============================================================================== record_attention

@@ -14,16 +14,15 @@ import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
-    EulerDiscreteScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextModelWithProjection
 
 import rece_lite as rl
 from rece_lite import pipeline as pl
-from rece_lite.tiny.model import build_pipeline, build_text_encoder, build_tokenizer, build_vae
+from rece_lite.tiny.model import build_pipeline, build_sdxl_pipeline, build_text_encoder, build_tokenizer, build_vae
 
 SMALL_TEXT = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
                   bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
@@ -45,30 +44,6 @@ def small_sd2_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     return pl.assemble_pipeline(
         unet=unet, text_encoder=build_text_encoder(len(tok)), tokenizer=tok, vae=build_vae(), scheduler=scheduler
     )
-
-
-def small_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
-    """SDXL's structure at toy size: d = 32 + 64 per token, a 16-wide pooled embedding plus 6 time ids."""
-    torch.manual_seed(seed)
-    tok, tok_2 = build_tokenizer(), build_tokenizer()
-    unet = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=96, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
-        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=16 + 6 * 8,
-    )  # fmt: skip
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, projection_dim=32, **SMALL_TEXT))
-    text_2 = CLIPTextModelWithProjection(
-        CLIPTextConfig(vocab_size=len(tok), hidden_size=64, projection_dim=16, **SMALL_TEXT)
-    )
-    scheduler = EulerDiscreteScheduler(
-        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
-    )
-    return pl.assemble_sdxl_pipeline(
-        unet=unet, text_encoder=text, text_encoder_2=text_2, tokenizer=tok, tokenizer_2=tok_2, vae=build_vae(),
-        scheduler=scheduler,
-    )  # fmt: skip
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -95,7 +70,7 @@ def test_an_sd2_folder_keeps_v_prediction_and_linear_projections(tmp_path):
 
 
 def test_an_sdxl_folder_loads_as_sdxl_with_both_text_encoders(tmp_path):
-    saved = small_sdxl_pipeline()
+    saved = build_sdxl_pipeline(seed=0)
     saved.save_pretrained(tmp_path / "sdxl")
     pipe = rl.load_pipeline(tmp_path / "sdxl", device="cpu")
     assert type(pipe) is StableDiffusionXLPipeline
@@ -190,14 +165,14 @@ def test_real_models_keep_diffusers_progress_bars_and_tiny_has_none(tmp_path, ca
 
 # ---------------------------------------------------------------------------------------------- SDXL glue
 def test_check_supported_accepts_sdxl_and_refuses_mmdit():
-    pl.check_supported(small_sdxl_pipeline())
+    pl.check_supported(build_sdxl_pipeline(seed=0))
     flux_like = type("FluxPipeline", (), {"transformer": torch.nn.Linear(4, 4), "unet": None})()
     with pytest.raises(NotImplementedError, match="joint attention"):
         pl.check_supported(flux_like)
 
 
 def test_sdxl_encode_is_what_the_unet_attends_to():
-    pipe = small_sdxl_pipeline()
+    pipe = build_sdxl_pipeline(seed=0)
     attn2 = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
     seen = []
     attn2.register_forward_hook(lambda m, args, kwargs, out: seen.append(kwargs["encoder_hidden_states"]),
@@ -209,7 +184,7 @@ def test_sdxl_encode_is_what_the_unet_attends_to():
 
 
 def test_sdxl_encode_concatenates_both_penultimate_states():
-    pipe = small_sdxl_pipeline()
+    pipe = build_sdxl_pipeline(seed=0)
     ids = pipe.tokenizer("a red circle", padding="max_length", max_length=16, return_tensors="pt").input_ids
     first = pipe.text_encoder(ids, output_hidden_states=True).hidden_states[-2]
     second = pipe.text_encoder_2(ids, output_hidden_states=True).hidden_states[-2]
@@ -217,13 +192,13 @@ def test_sdxl_encode_concatenates_both_penultimate_states():
 
 
 def test_sdxl_pooled_embedding_is_the_second_encoders_projection():
-    pipe = small_sdxl_pipeline()
+    pipe = build_sdxl_pipeline(seed=0)
     ids = pipe.tokenizer("a red circle", padding="max_length", max_length=16, return_tensors="pt").input_ids
     assert torch.equal(pl.encode_pooled(pipe, "a red circle"), pipe.text_encoder_2(ids).text_embeds)
 
 
 def test_pooled_embeddings_are_refused_where_they_mean_nothing():
-    sd, xl = build_pipeline(seed=0), small_sdxl_pipeline()
+    sd, xl = build_pipeline(seed=0), build_sdxl_pipeline(seed=0)
     e = rl.encode(xl, "a red circle")
     with pytest.raises(ValueError, match="only SDXL"):
         pl.encode_pooled(sd, "a red circle")
@@ -236,7 +211,7 @@ def test_pooled_embeddings_are_refused_where_they_mean_nothing():
 
 
 def test_sdxl_sampling_from_an_embedding_with_the_prompts_pooled_equals_sampling_the_prompt():
-    pipe = small_sdxl_pipeline()
+    pipe = build_sdxl_pipeline(seed=0)
     prompt = "a red circle"
     by_prompt = pl.sample(pipe, prompt, seeds=[3], steps=2)
     e, pooled = rl.encode(pipe, prompt), pl.encode_pooled(pipe, prompt)
@@ -245,7 +220,7 @@ def test_sdxl_sampling_from_an_embedding_with_the_prompts_pooled_equals_sampling
 
 
 def test_check_prompts_checks_both_sdxl_tokenizers():
-    pipe = small_sdxl_pipeline()
+    pipe = build_sdxl_pipeline(seed=0)
     pipe.tokenizer_2.model_max_length = 4
     pl.check_prompts(pipe, "a red")
     with pytest.raises(ValueError, match="shorten it"):
@@ -253,7 +228,7 @@ def test_check_prompts_checks_both_sdxl_tokenizers():
 
 
 # ---------------------------------------------------------------------------------------------- typing
-@pytest.mark.parametrize("make", [build_pipeline, small_sdxl_pipeline])
+@pytest.mark.parametrize("make", [build_pipeline, build_sdxl_pipeline])
 def test_both_pipeline_classes_have_what_the_protocol_names(make):
     pipe = make(seed=0)
     missing = [name for name in pl.Pipeline.__annotations__ if getattr(pipe, name, None) is None]

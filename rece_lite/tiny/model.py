@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from rece_lite.pipeline import assemble_pipeline
+from rece_lite.pipeline import assemble_pipeline, assemble_sdxl_pipeline
 from rece_lite.sd14 import SD14_SCHEDULER
 from rece_lite.tiny import world
 from rece_lite.tiny.tokenizer import BOS, EOS, MAX_LENGTH, UNK, build_tokenizer
@@ -138,3 +138,32 @@ __all__ = [
     "BOS", "EOS", "MAX_LENGTH", "TEXT_WIDTH", "UNK", "ModelConfig", "build_pipeline", "build_text_encoder",
     "build_tokenizer", "build_unet", "build_vae", "sample_scheduler", "train_scheduler",
 ]  # fmt: skip
+
+
+def build_sdxl_pipeline(*, seed: int = 0):
+    """SDXL's structure at toy size, random weights: two text encoders (d = 32 + 64 per token), a
+    16-wide pooled embedding plus 6 time ids through ``add_embedding``, the miniature world's
+    tokenizer and VAE.  For tests and probes of the SDXL code paths that need seconds, not SDXL's
+    widths (those are :func:`rece_lite.sd_shapes.random_sdxl_pipeline`)."""
+    small = dict(intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=16,
+                 bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+    torch.manual_seed(seed)
+    tok, tok_2 = build_tokenizer(), build_tokenizer()
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=96, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=16 + 6 * 8,
+    )  # fmt: skip
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(tok), hidden_size=32, projection_dim=32, **small))
+    text_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(vocab_size=len(tok), hidden_size=64, projection_dim=16, **small)
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1, timestep_spacing="leading"
+    )
+    return assemble_sdxl_pipeline(
+        unet=unet, text_encoder=text, text_encoder_2=text_2, tokenizer=tok, tokenizer_2=tok_2, vae=build_vae(),
+        scheduler=scheduler,
+    )  # fmt: skip
