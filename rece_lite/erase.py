@@ -1,4 +1,4 @@
-"""UCE and RECE on a diffusers pipeline, and the :class:`Patch` that holds an edit.
+"""UCE and RECE on a diffusers pipeline; each edit returns a :class:`~rece_lite.patch.Patch`.
 
 Every edit here is ``W ← W · M`` for all cross-attention key/value matrices at once,
 with one ``d x d`` matrix ``M`` (see :func:`rece_lite.closed_form.uce_map`).  So:
@@ -14,301 +14,83 @@ with one ``d x d`` matrix ``M`` (see :func:`rece_lite.closed_form.uce_map`).  So
   first one is written: an edit is applied to all matrices or to none;
 * the math runs where the weights live, in float64 (:func:`rece_lite.closed_form.solve_device`:
   on the CPU for a device without float64), and every tensor made here names its device.
+
+The stored edit (:class:`~rece_lite.patch.Patch`, its file format, :func:`~rece_lite.patch.snapshot`)
+is :mod:`rece_lite.patch`; its names are re-exported here.  Each call reads what it edits from
+the pipeline once, as a :class:`Target` (the K/V modules, the embedding width, the device the
+math runs on, the model's fingerprint), and passes it down.  Defaults: :mod:`rece_lite.settings`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
 import numbers
-import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
 from rece_lite import closed_form as cf
-from rece_lite import export, layers
+from rece_lite import layers
 from rece_lite._version import __version__
-from rece_lite.files import save_tensors
+from rece_lite.errors import InputError
+from rece_lite.patch import (  # noqa: F401  (re-exported: `from rece_lite.erase import Patch` keeps working)
+    MAP_KEY,
+    Patch,
+    _check_names,
+    _first_non_finite,
+    _same,
+    _write,
+    snapshot,
+)
 from rece_lite.pipeline import check_prompts, check_supported, encode, last_subject_index
+from rece_lite.settings import EDIT, RECE
 
 Item = str | torch.Tensor
 Tokens = Literal["all", "last_subject"]
 
-#: The safetensors key under which a patch file keeps its edit's ``d x d`` map (no module has this name).
-MAP_KEY = "rece_lite.map"
 
-
-# ---------------------------------------------------------------------------- patch
+# ---------------------------------------------------------------------------- target
 @dataclass(frozen=True, eq=False)
-class Patch:
-    """Cross-attention K/V weights for one model: an edit, or a snapshot to undo one.
+class Target:
+    """What one edit acts on, read from the pipeline once and passed down.
 
     Attributes:
-        weights: parameter-free module name -> (out, d) floating-point weight.
-        fingerprint: :func:`rece_lite.layers.fingerprint` of the model it belongs to.
-        metadata: free-form strings saved with the weights (method, settings, version).
-        map: (d, d) float64 on the CPU, for an edit made by :func:`uce_erase` or
-            :func:`rece_erase`: the matrix ``M`` with ``weights == W_before · M`` (up to the
-            weights' rounding), ``W_before`` the matrices it was applied to; for RECE the
-            product of its edits. None for snapshots and edits that are no such map (ESD).
-
-    Two patches are equal when their fingerprints, metadata, weights and maps are.
+        pipe: the pipeline (checked by :func:`rece_lite.pipeline.check_supported`).
+        modules: the cross-attention K/V projections by name (:func:`rece_lite.layers.projections`).
+        width: d, the width of the embedding they act on.
+        device: where the edit's math runs: the K/V weights' device, or the CPU if it lacks
+            float64 (:func:`rece_lite.closed_form.solve_device`).
+        fingerprint: :func:`rece_lite.layers.fingerprint` of the model (it leaves the K/V
+            weights out, so an edit does not change it).
     """
 
-    weights: dict[str, torch.Tensor]
+    pipe: object
+    modules: dict[str, torch.nn.Linear]
+    width: int
+    device: torch.device
     fingerprint: str
-    metadata: dict[str, str] = field(default_factory=dict)
-    map: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.weights, dict) or not self.weights:
-            raise TypeError("Patch weights must be a non-empty dict of module name -> (out, d) tensor")
-        for name, w in self.weights.items():
-            if not isinstance(name, str) or not isinstance(w, torch.Tensor):
-                raise TypeError(f"Patch weights must map names (str) to tensors, got {name!r}: {type(w).__name__}")
-            if not w.is_floating_point() or w.ndim != 2:
-                raise TypeError(
-                    f"Patch weight {name} is a {w.ndim}-d {w.dtype} tensor; a patch holds 2-d real floating-point "
-                    "matrices (convert with .float())"
-                )
-        if not isinstance(self.fingerprint, str):
-            raise TypeError(f"Patch fingerprint must be a str, got {type(self.fingerprint).__name__}")
-        if not isinstance(self.metadata, dict):
-            raise TypeError(f"Patch metadata must be a dict (a JSON object), got {type(self.metadata).__name__}")
-        if self.map is not None:
-            d = next(iter(self.weights.values())).shape[1]
-            if not isinstance(self.map, torch.Tensor) or not self.map.is_floating_point() or self.map.shape != (d, d):
-                raise TypeError(f"Patch map must be a ({d}, {d}) floating-point tensor or None")
-
-    @functools.cached_property
-    def gram(self) -> torch.Tensor:
-        """``Σ W_lᵀ W_l`` over the patch's matrices, (d, d) float64; computed once per patch.
-
-        RECE needs the Gram of the original weights; a snapshot computes it on first use
-        and keeps it, so later RECE runs against it skip the pass over the UNet.
-        """
-        return cf.gram(list(self.weights.values()))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(iter(self.weights.values())).dtype
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Patch):
-            return NotImplemented
-        return (
-            self.fingerprint == other.fingerprint
-            and self.metadata == other.metadata
-            and self.weights.keys() == other.weights.keys()
-            and all(_same(w, other.weights[n]) for n, w in self.weights.items())
-            and (self.map is None) == (other.map is None)
-            and (self.map is None or _same(self.map, other.map))
-        )
-
-    __hash__ = None  # mutable tensors inside: not hashable
-
-    def __repr__(self) -> str:
-        n = sum(w.numel() for w in self.weights.values())
-        edit = ", with its map" if self.map is not None else ""
-        return f"Patch({len(self.weights)} matrices, {n:,} weights, {self.dtype}, model {self.fingerprint}{edit})"
-
-    def apply(self, pipe) -> None:
-        """Write these weights into ``pipe``'s UNet (all or none), in each matrix's device and dtype."""
-        unet = _unet(pipe, "Patch.apply")
-        mods = layers.projections(unet)
-        fp = layers.fingerprint(unet)
-        if fp != self.fingerprint:
-            raise ValueError(
-                f"this patch was made for model {self.fingerprint}, not this one ({fp}): load the model it was made "
-                "for, or make a new patch on this one"
-            )
-        _check_names(set(self.weights), set(mods), "this patch")
-        meta = [n for n, w in self.weights.items() if w.is_meta]
-        if meta:
-            raise ValueError(
-                f"this patch's weights are on the meta device (shapes without values, e.g. {meta[0]}): "
-                "make the patch from real weights; nothing was changed"
-            )
-        new = {}
-        for name, w in self.weights.items():
-            target = mods[name].weight
-            if tuple(w.shape) != tuple(target.shape):
-                raise ValueError(f"{name}: patch shape {tuple(w.shape)} != model shape {tuple(target.shape)}")
-            new[name] = w.to(target.device, target.dtype)  # the values as the model will hold them
-        bad = _first_non_finite(new)
-        if bad is not None:
-            what = "holds NaN or inf" if not _finite(self.weights[bad]) else f"overflows the model's {new[bad].dtype}"
-            raise ValueError(f"{bad}: the patch {what}; nothing was changed")
-        _write(mods, new)
-
-    @contextlib.contextmanager
-    def applied(self, pipe) -> Iterator[None]:
-        """Run a block with these weights in ``pipe``, then put back the weights it had.
-
-            with original.applied(pipe):
-                images = rl.sample(pipe, prompts)   # the pre-erasure model's pictures
-        """
-        current = snapshot(pipe)
-        self.apply(pipe)
-        try:
-            yield
-        finally:
-            current.apply(pipe)
-
-    def to_lora(self, path: str | os.PathLike, rank: int | None = None, *, base: Patch | None = None):
-        """Write this edit as a LoRA that diffusers loads with ``pipe.load_lora_weights(path)``.
-
-        See :func:`rece_lite.export.to_lora`: exact at the edit's rank, or a truncated SVD whose
-        relative error is returned and stored in the file; ``base`` (a snapshot from before the
-        edit) makes it exact to float32 even when the edit's map is badly conditioned.
-        """
-        return export.to_lora(path, self.weights, self.map, rank=rank, base=base, fingerprint=self.fingerprint,
-                              metadata=self.metadata)  # fmt: skip
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write as safetensors (tensors on the CPU), atomically: a temp file renamed into place."""
-        path = _check_path(path, "Patch.save")
-        if path.is_dir():
-            raise IsADirectoryError(f"cannot save the patch to {path}: it is a folder; give a file name in it")
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"cannot save the patch to {path}: the folder {path.parent} does not exist")
-        tensors = dict(self.weights)
-        if self.map is not None:
-            tensors[MAP_KEY] = self.map
-        try:
-            text = json.dumps(self.metadata)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"cannot save the patch: its metadata is not JSON ({e}); keep strings in it") from None
-        meta = {"rece_lite.fingerprint": self.fingerprint, "rece_lite.metadata": text}
-        try:
-            save_tensors(tensors, path, meta)
-        except (OSError, SafetensorError) as e:
-            raise OSError(f"cannot save the patch to {path}: {getattr(e, 'strerror', None) or e}") from e
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> Patch:
-        """Read a patch written by :meth:`save`."""
-        path = _check_path(path, "Patch.load")
-        expected = "a .safetensors file written by Patch.save"
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder; Patch.load expects {expected}")
-        if not path.exists():
-            raise FileNotFoundError(f"{path} does not exist; Patch.load expects {expected}")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except (OSError, SafetensorError) as e:
-            raise ValueError(
-                f"{path} is not a readable safetensors file (empty, truncated or another format; {e}); "
-                f"Patch.load expects {expected}"
-            ) from e
-        if "rece_lite.fingerprint" not in meta:
-            raise ValueError(f"{path} is not a rece-lite patch (no fingerprint in its metadata)")
-        try:
-            metadata = json.loads(meta.get("rece_lite.metadata", "{}"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: its rece_lite.metadata is not JSON ({e})") from e
-        if not isinstance(metadata, dict):
-            raise ValueError(f"{path}: its rece_lite.metadata is JSON but not an object ({type(metadata).__name__})")
-        edit_map = tensors.pop(MAP_KEY, None)
-        try:
-            return cls(tensors, meta["rece_lite.fingerprint"], metadata, edit_map)
-        except TypeError as e:
-            raise TypeError(f"{path}: {e}") from e
+    def of(cls, pipe) -> Target:
+        check_supported(pipe)
+        unet = pipe.unet
+        modules = layers.projections(unet)
+        device = cf.solve_device(next(iter(modules.values())).weight.device)
+        return cls(pipe, modules, layers.embedding_width(unet), device, layers.fingerprint(unet))
+
+    def weights(self) -> list[torch.Tensor]:
+        return [m.weight for m in self.modules.values()]
 
 
-def _check_names(have: set[str], model: set[str], what: str) -> None:
-    """Refuse a set of K/V matrix names that is not the model's, naming a few that are missing or extra."""
-    if have == model:
-        return
-
-    def few(names: set[str]) -> str:
-        names = sorted(names)
-        return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-    parts = [f"missing {few(model - have)}"] if model - have else []
-    parts += [f"extra {few(have - model)}"] if have - model else []
-    raise ValueError(
-        f"{what} names other cross-attention matrices than the model has ({'; '.join(parts)}): "
-        "it was made for another model; nothing was changed"
-    )
-
-
-def _check_path(path: object, what: str) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"{what}: path must be a file name (a str or os.PathLike), got {type(path).__name__} {path!r}")
-    return Path(path)
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b.to(a.device))
-
-
-def _finite(w: torch.Tensor) -> torch.Tensor:
-    """Whether every entry of ``w`` is finite, as a 0-d bool tensor on its device (no host sync)."""
-    if cf.solve_device(w.device) == w.device:
-        # a float64 sum of floats is finite iff every entry is: one reduction, no (out, d) mask
-        return torch.isfinite(w.sum(dtype=torch.float64))
-    return torch.isfinite(w).all()  # a device without float64
-
-
-def _first_non_finite(tensors: dict[str, torch.Tensor]) -> str | None:
-    """The first name whose tensor holds NaN or inf, or None; one host sync where all share a device."""
-    flags = [_finite(w) for w in tensors.values()]
-    if len({f.device for f in flags}) == 1 and bool(torch.stack(flags).all()):
-        return None
-    return next((n for n, f in zip(tensors, flags) if not bool(f)), None)
-
-
-def _unet(pipe, what: str) -> torch.nn.Module:
-    unet = getattr(pipe, "unet", pipe)
-    if not isinstance(unet, torch.nn.Module) or (unet is pipe and not _has_cross_attention(unet)):
-        raise TypeError(f"{what} needs a Stable Diffusion pipeline (or its UNet), got {type(pipe).__name__}")
-    return unet
-
-
-def _has_cross_attention(module: torch.nn.Module) -> bool:
-    try:
-        layers.cross_attention_layers(module)
-    except ValueError:
-        return False
-    return True
-
-
-def _write(mods: dict[str, torch.nn.Linear], weights: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for name, m in mods.items():
-            m.weight.copy_(weights[name].to(m.weight.device, m.weight.dtype))
-
-
-def snapshot(pipe) -> Patch:
-    """The current K/V weights (a copy, on their device), e.g. to undo an edit with ``snap.apply(pipe)``."""
-    unet = _unet(pipe, "snapshot")
-    mods = layers.projections(unet)
-    return Patch(
-        {n: m.weight.detach().clone() for n, m in mods.items()},
-        layers.fingerprint(unet),
-        {"kind": "snapshot"},
-    )
-
-
-def _apply_map(pipe, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
+def _apply_map(target: Target, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
     """``W ← W · M`` for every K/V matrix; all new matrices are checked before any is written."""
-    mods = layers.projections(pipe.unet)
-    fp = layers.fingerprint(pipe.unet)  # before the new weights exist: its scratch memory is free again
     new = {}
     cast: dict[tuple, torch.Tensor] = {}  # M in each (device, dtype) the matrices need, converted once
-    for name, m in mods.items():
+    for name, m in target.modules.items():
         w = m.weight.detach()
         work = torch.promote_types(w.dtype, torch.float32)
         key = (w.device, work)
@@ -318,8 +100,8 @@ def _apply_map(pipe, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
     bad = _first_non_finite(new)
     if bad is not None:
         raise cf.SolveError(f"{bad}: the edited weights overflow {new[bad].dtype} (nothing was changed)")
-    _write(mods, new)
-    return Patch(new, fp, metadata, M.detach().to("cpu"))
+    _write(target.modules, new)
+    return Patch(new, target.fingerprint, metadata, M.detach().to("cpu"))
 
 
 # ------------------------------------------------------------------------ embeddings
@@ -331,17 +113,12 @@ def _as_list(x: Item | Sequence[Item] | None) -> list[Item]:
     return list(x)
 
 
-def _work_device(pipe) -> torch.device:
-    """Where this pipeline's edits are computed: the K/V weights' device, or the CPU if it lacks float64."""
-    return cf.solve_device(next(iter(layers.projections(pipe.unet).values())).weight.device)
-
-
-def _embeddings(
-    pipe, items: list[tuple[str, Item]], d: int, tokens: Tokens, device: torch.device
-) -> list[torch.Tensor]:
-    """Each ``(argument name, item)`` as (rows, d) float64 on ``device``; its prompts are encoded in one batch."""
+def _embeddings(target: Target, items: list[tuple[str, Item]], tokens: Tokens) -> list[torch.Tensor]:
+    """Each ``(argument name, item)`` as (rows, d) float64 on the target's device; its prompts are encoded in
+    one batch."""
+    pipe, d, device = target.pipe, target.width, target.device
     if tokens not in ("all", "last_subject"):
-        raise ValueError(f"tokens must be 'all' or 'last_subject', got {tokens!r}")
+        raise InputError(f"tokens must be 'all' or 'last_subject', got {tokens!r}")
     for what, item in items:
         if isinstance(item, str):
             check_prompts(pipe, item, what)
@@ -355,11 +132,11 @@ def _embeddings(
                 e = e[last_subject_index(pipe, item)][None]
         elif isinstance(item, torch.Tensor):
             if tokens == "last_subject":
-                raise ValueError(f"tokens='last_subject' needs {what} as prompts, not embeddings (positions unknown)")
+                raise InputError(f"tokens='last_subject' needs {what} as prompts, not embeddings (positions unknown)")
             if item.is_complex() or not item.is_floating_point():
                 raise TypeError(f"{what}: embeddings must be real floating-point tensors, got {item.dtype}")
             if item.numel() == 0:
-                raise ValueError(f"{what}: the embedding is empty {tuple(item.shape)}; give (T, {d}) rows")
+                raise InputError(f"{what}: the embedding is empty {tuple(item.shape)}; give (T, {d}) rows")
             e = item.detach().to(device).double()
             e = e.reshape(-1, e.shape[-1]) if e.ndim >= 1 else e
         else:
@@ -368,9 +145,9 @@ def _embeddings(
             )
         if e.ndim != 2 or e.shape[-1] != d:
             shape = tuple(item.shape) if isinstance(item, torch.Tensor) else tuple(e.shape)
-            raise ValueError(f"{what} embedding has shape {shape}, but this model's cross-attention expects (T, {d})")
+            raise InputError(f"{what} embedding has shape {shape}, but this model's cross-attention expects (T, {d})")
         if not torch.isfinite(e).all():
-            raise ValueError(f"{what} embedding contains NaN or inf")
+            raise InputError(f"{what} embedding contains NaN or inf")
         out.append(e)
     return out
 
@@ -380,7 +157,7 @@ def _show(item: Item) -> str:
 
 
 def _erase_rows(
-    pipe, erase: list[Item], guide: list[Item], preserve: list[Item], d: int, tokens: Tokens, device: torch.device
+    target: Target, erase: list[Item], guide: list[Item], preserve: list[Item], tokens: Tokens
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Per erase item its (rows, d) embedding and its guide's, row-aligned; the preserve rows (n, d).
 
@@ -388,36 +165,36 @@ def _erase_rows(
     a concept, an item erased toward itself, an item both erased and preserved.
     """
     if not erase:
-        raise ValueError("erase: nothing to erase: give at least one concept")
+        raise InputError("erase: nothing to erase: give at least one concept")
     for item in erase:
         if isinstance(item, str) and not item.strip():
-            raise ValueError(
+            raise InputError(
                 "erase: the empty prompt is the unconditional branch every picture is guided away from; "
                 "erasing it changes every image. Give a concept to erase"
             )
     if len(guide) == 1:
         guide = guide * len(erase)
     if len(guide) != len(erase):
-        raise ValueError(f"give one guide for all erase items or one per item: {len(erase)} erase, {len(guide)} guide")
-    both = _embeddings(pipe, [("erase", e) for e in erase] + [("guide", g) for g in guide], d, tokens, device)
+        raise InputError(f"give one guide for all erase items or one per item: {len(erase)} erase, {len(guide)} guide")
+    both = _embeddings(target, [("erase", e) for e in erase] + [("guide", g) for g in guide], tokens)
     ce, cg = both[: len(erase)], both[len(erase) :]
-    cp = _embeddings(pipe, [("preserve", p) for p in preserve], d, tokens, device)
+    cp = _embeddings(target, [("preserve", p) for p in preserve], tokens)
     for item, a, b in zip(erase, ce, cg):
         if a.shape != b.shape:
-            raise ValueError(
+            raise InputError(
                 f"an erase item and its guide must have the same number of tokens: {tuple(a.shape)} vs {tuple(b.shape)}"
             )
         if torch.equal(a, b):
-            raise ValueError(
+            raise InputError(
                 f"erase: {_show(item)} is its own guide, so the edit would change nothing; give another guide"
             )
     for item, p in zip(preserve, cp):
         if any(p.shape == a.shape and torch.equal(p, a) for a in ce):
-            raise ValueError(
+            raise InputError(
                 f"preserve: {_show(item)} is also erased; a concept cannot be erased and preserved at once: "
                 "drop it from preserve"
             )
-    keep = torch.cat(cp) if cp else torch.zeros(0, d, dtype=torch.float64, device=device)
+    keep = torch.cat(cp) if cp else torch.zeros(0, target.width, dtype=torch.float64, device=target.device)
     return ce, cg, keep
 
 
@@ -433,9 +210,9 @@ def uce_erase(
     guide: Item | Sequence[Item] = "",
     preserve: Sequence[Item] = (),
     *,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
-    preserve_scale: float = 0.1,
+    lamb: float = EDIT.lamb,
+    erase_scale: float = EDIT.erase_scale,
+    preserve_scale: float = EDIT.preserve_scale,
     tokens: Tokens = "all",
 ) -> Patch:
     """Erase concepts with UCE's closed form, editing ``pipe`` in place.
@@ -456,28 +233,27 @@ def uce_erase(
     Returns:
         A :class:`Patch` of the edited matrices, with the edit's map ``M``.
     """
-    check_supported(pipe)
+    target = Target.of(pipe)
     cf.check_uce_settings(lamb, erase_scale, preserve_scale)
-    d, dev = layers.embedding_width(pipe.unet), _work_device(pipe)
-    ce, cg, cp = _erase_rows(pipe, _as_list(erase), _as_list(guide), _as_list(preserve), d, tokens, dev)
+    ce, cg, cp = _erase_rows(target, _as_list(erase), _as_list(guide), _as_list(preserve), tokens)
     M = cf.uce_map(torch.cat(ce), torch.cat(cg), cp, lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale)
     meta = edit_metadata("uce", lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale, tokens=tokens)
-    return _apply_map(pipe, M, meta)
+    return _apply_map(target, M, meta)
 
 
 # ----------------------------------------------------------------------------- RECE
-def _check_original(pipe, original: Patch | None) -> dict[str, torch.Tensor]:
+def _check_original(target: Target, original: Patch | None) -> dict[str, torch.Tensor]:
     """``original``'s weights in the pipeline's module order, if it is a snapshot of this model."""
     if original is None:
-        raise ValueError("original= is required: the rl.snapshot(pipe) taken before the erasure")
+        raise InputError("original= is required: the rl.snapshot(pipe) taken before the erasure")
     if not isinstance(original, Patch):
         raise TypeError(
             f"original= must be a Patch (rl.snapshot(pipe) before the erasure), got {type(original).__name__}"
         )
-    fp = layers.fingerprint(pipe.unet)
+    fp = target.fingerprint
     if original.fingerprint != fp:
-        raise ValueError(f"original= is a snapshot of model {original.fingerprint}, not of this one ({fp})")
-    names = list(layers.projections(pipe.unet))
+        raise InputError(f"original= is a snapshot of model {original.fingerprint}, not of this one ({fp})")
+    names = list(target.modules)
     _check_names(set(original.weights), set(names), "original=")
     return {n: original.weights[n] for n in names}
 
@@ -492,8 +268,8 @@ def derive_embedding(
     concept: Item,
     *,
     original: Patch,
-    reg: cf.Reg = "zero",
-    reg_scale: float = 0.1,
+    reg: cf.Reg = RECE.reg,
+    reg_scale: float = RECE.reg_scale,
     old_target: Item | None = None,
     tokens: Tokens = "all",
 ) -> torch.Tensor:
@@ -511,14 +287,13 @@ def derive_embedding(
         (T, d) in the text encoder's dtype, on its device; feed it to the pipeline as
         ``prompt_embeds=c[None]``.
     """
-    check_supported(pipe)
+    target = Target.of(pipe)
     cf.check_derivation_settings(reg, reg_scale)
-    orig = _check_original(pipe, original)
-    d, dev = layers.embedding_width(pipe.unet), _work_device(pipe)
-    (c,) = _embeddings(pipe, [("concept", concept)], d, tokens, dev)
-    old = _embeddings(pipe, [("old_target", old_target)], d, tokens, dev) if old_target is not None else []
-    mods = layers.projections(pipe.unet)
-    H = cf.gram([m.weight for m in mods.values()])
+    orig = _check_original(target, original)
+    dev, mods = target.device, target.modules
+    (c,) = _embeddings(target, [("concept", concept)], tokens)
+    old = _embeddings(target, [("old_target", old_target)], tokens) if old_target is not None else []
+    H = cf.gram(target.weights())
     # K only ever appears as K cᵀ = Σ W_lᵀ (W_l^orig cᵀ): T columns instead of d
     Kc = sum(m.weight.detach().to(dev).double().T @ (orig[n].to(dev).double() @ c.T) for n, m in mods.items())
     out = cf.derive_embedding(H, None, c, reg=reg, reg_scale=reg_scale, old_target=old[0] if old else None, Kc=Kc)
@@ -549,23 +324,23 @@ def _check_epochs(epochs: object) -> int:
     if isinstance(epochs, bool) or not isinstance(epochs, numbers.Integral):
         raise TypeError(f"epochs must be a whole number, got {type(epochs).__name__} {epochs!r}")
     if epochs < 0:
-        raise ValueError(f"epochs must be >= 0, got {epochs}")
+        raise InputError(f"epochs must be >= 0, got {epochs}")
     return int(epochs)
 
 
 def _start_grams(
-    pipe, original: Patch | None, orig: dict[str, torch.Tensor] | None, already_edited: bool
+    target: Target, original: Patch | None, orig: dict[str, torch.Tensor] | None, already_edited: bool
 ) -> cf.Grams:
     """RECE's Gram state for ``pipe``'s current weights against ``original`` (default: the current ones).
 
     ``orig``: ``original``'s weights in module order (see :func:`_check_original`).
     """
-    mods = layers.projections(pipe.unet)
-    current = [m.weight for m in mods.values()]
+    mods = target.modules
+    current = target.weights()
     if original is None or orig is None:
         return cf.Grams.start(cf.gram(current))  # the current weights are the original
     if not already_edited and _holds(mods, orig):
-        return cf.Grams.start(original.gram.to(_work_device(pipe)))  # reuse the snapshot's Gram
+        return cf.Grams.start(original.gram.to(target.device))  # reuse the snapshot's Gram
     # the pipe was edited since the snapshot (said so or not): H against the current weights, K across
     return cf.Grams.start(cf.gram(current), cf.gram(current, [orig[n] for n in mods]))
 
@@ -576,12 +351,12 @@ def rece_erase(
     guide: Item | Sequence[Item] = "",
     preserve: Sequence[Item] = (),
     *,
-    epochs: int = 3,
-    reg: cf.Reg = "zero",
-    reg_scale: float = 0.1,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
-    preserve_scale: float = 0.1,
+    epochs: int = RECE.epochs,
+    reg: cf.Reg = RECE.reg,
+    reg_scale: float = RECE.reg_scale,
+    lamb: float = EDIT.lamb,
+    erase_scale: float = EDIT.erase_scale,
+    preserve_scale: float = EDIT.preserve_scale,
     old_target: Item | None = None,
     already_edited: bool = False,
     original: Patch | None = None,
@@ -602,7 +377,8 @@ def rece_erase(
         erase: prompts or (T, d) embeddings of the concepts to erase.
         guide: one item for all, or one per concept (default: the empty prompt).
         preserve: prompts or embeddings to preserve in every edit.
-        epochs: rounds of derivation + edit (paper: 1-3).
+        epochs: rounds of derivation + edit (paper: 1-3; default :data:`rece_lite.settings.RECE`'s 3,
+            the top of the paper's range; a :class:`~rece_lite.recipes.Recipe` defaults to 2, see there).
         reg, reg_scale, old_target: the derivation's regulariser and λ'.
         lamb, erase_scale, preserve_scale: the UCE edits' settings.
         already_edited: skip the initial UCE (``pipe`` is already erased); then
@@ -619,21 +395,20 @@ def rece_erase(
             raise TypeError("give erase= only (concepts= is its old name)")
         warnings.warn("rece_erase(concepts=...) is now rece_erase(erase=...)", DeprecationWarning, stacklevel=2)
         erase = concepts
-    check_supported(pipe)
+    target = Target.of(pipe)
     epochs = _check_epochs(epochs)
     cf.check_uce_settings(lamb, erase_scale, preserve_scale)
     cf.check_derivation_settings(reg, reg_scale)
     if already_edited and original is None:
-        raise ValueError("already_edited=True needs original= (a snapshot taken before the erasure)")
-    orig = _check_original(pipe, original) if original is not None else None
-    d, dev = layers.embedding_width(pipe.unet), _work_device(pipe)
-    per_concept, guides, cp = _erase_rows(pipe, _as_list(erase), _as_list(guide), _as_list(preserve), d, tokens, dev)
+        raise InputError("already_edited=True needs original= (a snapshot taken before the erasure)")
+    orig = _check_original(target, original) if original is not None else None
+    per_concept, guides, cp = _erase_rows(target, _as_list(erase), _as_list(guide), _as_list(preserve), tokens)
     ce, cg = torch.cat(per_concept), torch.cat(guides)
-    old = _embeddings(pipe, [("old_target", old_target)], d, tokens, dev)[0] if old_target is not None else None
+    old = _embeddings(target, [("old_target", old_target)], tokens)[0] if old_target is not None else None
     uce = dict(lamb=lamb, erase_scale=erase_scale, preserve_scale=preserve_scale)
 
     # 1. the Gram state of the current weights against the original ones
-    grams = _start_grams(pipe, original, orig, already_edited)
+    grams = _start_grams(target, original, orig, already_edited)
     maps: list[torch.Tensor] = []
 
     def edit(state: cf.Grams, erase_rows: torch.Tensor) -> cf.Grams:
@@ -656,6 +431,6 @@ def rece_erase(
     te = pipe.text_encoder
     derived = [x.to(te.dtype).to(te.device) for x in derived]
     meta = edit_metadata("rece", epochs=epochs, reg=reg, reg_scale=reg_scale, tokens=tokens, **uce)
-    patch = _apply_map(pipe, Q, meta)
+    patch = _apply_map(target, Q, meta)
     return ReceResult(patch, derived, time.perf_counter() - t0, maps)
 
