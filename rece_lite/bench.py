@@ -20,20 +20,20 @@ RECE (settings: :func:`rece_lite.recipes.tiny_recipe`) — and one column per qu
 :func:`write` puts ``bench.json``, ``bench.md`` and ``bench.png`` in a folder (the command
 fills it through :func:`rece_lite.files.staged_dir`, so it appears whole or not at all).
 Measurements use the miniature world's classifiers, so the
-model must draw that world: ``tiny`` or a checkpoint of it.
+model must draw that world: ``tiny`` or a checkpoint of it.  The closed-form rows are the
+methods of :data:`rece_lite.methods.METHODS`; the kernel distance and the features it compares
+are :func:`rece_lite.evaluate.kernel_distance` and :func:`rece_lite.evaluate.features`.  A
+prompt file on any model is :mod:`rece_lite.prompt_file` (its names are re-exported here).
 """
 
 from __future__ import annotations
 
-import csv
-import importlib
-import io
 import json
 import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,14 +43,30 @@ import torch
 
 from rece_lite import attacks as atk
 from rece_lite import evaluate as ev
+from rece_lite import methods
 from rece_lite._version import __version__
-from rece_lite.erase import Patch, rece_erase, snapshot, uce_erase
+from rece_lite.errors import InputError
 from rece_lite.esd import esd_erase
-from rece_lite.pipeline import sample
+from rece_lite.evaluate import features, kernel_distance  # noqa: F401  (re-exported: bench.kernel_distance)
+from rece_lite.patch import Patch, snapshot
+from rece_lite.prompt_file import (  # noqa: F401  (re-exported: the prompt-file run's old home)
+    Judge,
+    PromptFileReport,
+    PromptFileRow,
+    PromptRow,
+    load_judge,
+    prompt_file_markdown,
+    prompt_file_run,
+    read_prompts,
+    write_prompt_file,
+)
 from rece_lite.recipes import Recipe, tiny_recipe
+from rece_lite.sampling import sample
+from rece_lite.settings import SAMPLING, SamplingSettings
 from rece_lite.tiny.world import Concept
 
-MODELS: tuple[str, ...] = ("original", "ESD-x", "UCE", "RECE")
+#: The table's rows: the original, ESD-x, then every method of :data:`rece_lite.methods.METHODS`.
+MODELS: tuple[str, ...] = ("original", "ESD-x", *(m.label for m in methods.METHODS.values()))
 COLUMNS: dict[str, str] = {
     "showing": "still showing ↓",
     "paraphrase": "paraphrase ↓",
@@ -60,31 +76,6 @@ COLUMNS: dict[str, str] = {
     "kid": "KID ↓",
     "seconds": "edit time (s)",
 }
-
-
-# -------------------------------------------------------------------------- metrics
-def kernel_distance(x: torch.Tensor, y: torch.Tensor, degree: int = 3) -> float:
-    """Unbiased MMD² with the polynomial kernel ``k(a, b) = (aᵀb / d + 1)^degree`` (KID's).
-
-    Args:
-        x: (m, d) features; y: (n, d) features; m, n >= 2.
-    """
-    x, y = x.double(), y.double()
-    m, n, d = len(x), len(y), x.shape[1]
-    if m < 2 or n < 2:
-        raise ValueError("the kernel distance needs at least two pictures on each side")
-    k = lambda a, b: (a @ b.T / d + 1) ** degree  # noqa: E731
-    kxx, kyy = k(x, x), k(y, y)
-    xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
-    yy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
-    return float(xx + yy - 2 * k(x, y).mean())
-
-
-@torch.no_grad()
-def features(images: np.ndarray) -> torch.Tensor:
-    """(n, 64) features of the evaluator's shape CNN (:meth:`rece_lite.evaluate.ShapeNet.embed`)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-    return ev.shape_classifier().embed(x)
 
 
 # ---------------------------------------------------------------------------- run
@@ -120,17 +111,14 @@ def erase_all(
     try:
         esd = esd_erase(pipe, concept, progress=progress, **(esd_kw or {}))
         out["ESD-x"] = Edit(esd.patch, esd.seconds, (esd.seconds,))
-        for name, fn in (
-            ("UCE", lambda: uce_erase(pipe, **recipe.uce_kwargs())),
-            ("RECE", lambda: rece_erase(pipe, **recipe.rece_kwargs()).patch),
-        ):
+        for method in methods.METHODS.values():
             runs = []
             for _ in range(max(1, repeats)):
                 snap.apply(pipe)
                 t0 = time.perf_counter()
-                patch = fn()
+                patch = method.run(pipe, recipe, False).patch
                 runs.append(time.perf_counter() - t0)
-            out[name] = Edit(patch, statistics.median(runs), tuple(runs))
+            out[method.label] = Edit(patch, statistics.median(runs), tuple(runs))
     finally:
         snap.apply(pipe)
     return out
@@ -180,7 +168,7 @@ def run(
     concept: str,
     *,
     seeds: Sequence[int] = range(8),
-    steps: int = 20,
+    steps: int = SAMPLING.steps,
     repeats: int = 5,
     recipe: Recipe | None = None,
     esd_kw: dict | None = None,
@@ -232,7 +220,7 @@ def run(
         say("erasing: ESD-x (fine-tuning), UCE and RECE (closed forms) ...")
         edits = erase_all(pipe, c.name, recipe, esd_kw=esd_kw, repeats=repeats, progress=progress)
     elif set(edits) != set(MODELS):
-        raise ValueError(f"edits must hold the models {', '.join(MODELS)} (from erase_all)")
+        raise InputError(f"edits must hold the models {', '.join(MODELS)} (from erase_all)")
 
     # 3. each model: the concept's prompts, the attacks, the other prompts
     measured: dict[str, dict] = {}
@@ -270,7 +258,7 @@ def run(
     settings = {
         "recipe": asdict(recipe),
         "seeds": seeds,
-        "sampling": {"steps": steps, "guidance": 6.0},
+        "sampling": asdict(SamplingSettings(steps=steps)),
         "repeats": len(edits["UCE"].runs),
         "esd": dict(edits["ESD-x"].patch.metadata),
         "soft_prompt": {k: v for k, v in sp_kw.items() if k != "target_images"},
@@ -357,166 +345,3 @@ def write(report: BenchReport, folder: str | os.PathLike) -> None:
     (folder / "bench.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
     (folder / "bench.md").write_text(markdown(report))
     plot(report).savefig(folder / "bench.png", dpi=110, format="png")
-
-
-# --------------------------------------------------------------- prompt files, any model
-Judge = Callable[[np.ndarray], Sequence[bool]]
-
-
-@dataclass(frozen=True)
-class PromptRow:
-    """One line of a prompt file: a prompt and the seed to draw it with."""
-
-    prompt: str
-    seed: int
-
-
-def read_prompts(path: str | os.PathLike, *, default_seed: int = 0) -> list[PromptRow]:
-    """A CSV prompt file in the I2P / Ring-A-Bell format: a ``prompt`` column, an optional ``evaluation_seed``.
-
-    Rows without a seed get ``default_seed``.  Other columns are ignored.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"the prompt file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"the prompt file {path} is not UTF-8 text (a CSV file is expected): {e.reason}") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    if not reader.fieldnames or "prompt" not in reader.fieldnames:
-        raise ValueError(f"{path} needs a 'prompt' column (found {reader.fieldnames or 'no header'})")
-    rows = []
-    for n, r in enumerate(reader, start=2):
-        seed = (r.get("evaluation_seed") or "").strip()
-        try:
-            rows.append(PromptRow(r["prompt"].strip(), int(float(seed)) if seed else default_seed))
-        except ValueError:
-            raise ValueError(f"{path}, line {n}: evaluation_seed {seed!r} is not an integer") from None
-    if not rows:
-        raise ValueError(f"{path} has no prompts")
-    return rows
-
-
-def load_judge(spec: str) -> Judge:
-    """A judge from ``"package.module:function"``: pictures (n, H, W, 3) uint8 -> n bools (True: shows it)."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"--judge must look like 'package.module:function', got {spec!r}")
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"--judge {spec!r} cannot be loaded: {e}") from None
-    if not callable(fn):
-        raise ValueError(f"--judge {spec!r} is not a function")
-    return fn
-
-
-@dataclass(frozen=True)
-class PromptFileRow:
-    """One model on a prompt file.
-
-    Attributes:
-        showing: share of the file's pictures the judge flags.
-        flagged: how many it flags.
-        pictures: how many pictures (one per prompt row).
-        seconds: edit time (None for the original).
-    """
-
-    showing: float
-    flagged: int
-    pictures: int
-    seconds: float | None
-
-
-@dataclass(frozen=True)
-class PromptFileReport:
-    """A prompt-file evaluation: one row per model (``asdict`` gives ``bench.json``)."""
-
-    prompts: str
-    judge: str
-    rows: dict[str, PromptFileRow]
-    settings: dict
-    versions: dict[str, str]
-    wall_seconds: float
-    model: str = ""
-    command: str = ""
-
-
-def prompt_file_run(
-    pipe,
-    rows: Sequence[PromptRow],
-    judge: Judge,
-    edits: dict[str, Patch | Recipe],
-    *,
-    steps: int = 20,
-    guidance: float = 6.0,
-    prompts_name: str = "",
-    judge_name: str = "",
-    model: str = "",
-    command: str = "",
-    progress: bool = True,
-) -> PromptFileReport:
-    """The paper's kind of evaluation: the share of a prompt file's pictures a judge flags, per model.
-
-    Every row is drawn once, with its own seed (:func:`rece_lite.pipeline.sample` with
-    ``paired=True``); under ``accelerate launch`` the pictures are split across processes
-    (:mod:`rece_lite.parallel`).  ``pipe`` ends with its original weights.
-
-    Args:
-        pipe: any Stable Diffusion pipeline rece-lite can edit, original weights.
-        rows: the prompt file (:func:`read_prompts`).
-        judge: pictures -> one bool each (e.g. a nudity detector; :func:`load_judge`).
-        edits: the models besides the original: a :class:`~rece_lite.erase.Patch` to apply,
-            or a :class:`~rece_lite.recipes.Recipe` to run (``"UCE"``: its UCE edit; any other
-            name: its RECE run), by name.
-    """
-    t_start = time.perf_counter()
-    say = (lambda msg: print(msg, flush=True)) if progress else (lambda msg: None)  # noqa: E731
-    snap = snapshot(pipe)
-    prompts, seeds = [r.prompt for r in rows], [r.seed for r in rows]
-    out: dict[str, PromptFileRow] = {}
-    try:
-        for name, edit in {"original": snap, **edits}.items():
-            snap.apply(pipe)
-            seconds = None
-            if isinstance(edit, Recipe):
-                t0 = time.perf_counter()
-                if name == "UCE":
-                    uce_erase(pipe, **edit.uce_kwargs())
-                else:
-                    rece_erase(pipe, **edit.rece_kwargs())
-                seconds = time.perf_counter() - t0
-            else:
-                edit.apply(pipe)
-            say(f"{name}: drawing {len(rows)} pictures ...")
-            flags = [bool(x) for x in judge(sample(pipe, prompts, seeds=seeds, paired=True, steps=steps,
-                                                   guidance=guidance))]  # fmt: skip
-            if len(flags) != len(rows):
-                raise ValueError(f"the judge answered {len(flags)} times for {len(rows)} pictures")
-            out[name] = PromptFileRow(float(np.mean(flags)), int(sum(flags)), len(flags), seconds)
-    finally:
-        snap.apply(pipe)
-    settings = {"steps": steps, "guidance": guidance, "edits": {
-        k: (asdict(v) if isinstance(v, Recipe) else dict(v.metadata)) for k, v in edits.items()}}  # fmt: skip
-    versions = {"rece_lite": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__}
-    return PromptFileReport(prompts_name, judge_name, out, settings, versions, time.perf_counter() - t_start,
-                            model, command)  # fmt: skip
-
-
-def prompt_file_markdown(report: PromptFileReport) -> str:
-    """The prompt-file table as Markdown."""
-    lines = ["| model | flagged ↓ | pictures | edit time (s) |", "|---|---:|---:|---:|"]
-    for name, r in report.rows.items():
-        s = "—" if r.seconds is None else f"{r.seconds:.3f}"
-        lines.append(f"| {name} | {r.showing:.1%} ({r.flagged}) | {r.pictures} | {s} |")
-    lines += ["", f"Prompts: `{report.prompts}`, one picture per row with its evaluation seed; judge: "
-              f"`{report.judge}`; {report.settings['steps']} sampling steps, guidance {report.settings['guidance']}."]
-    return "\n".join(lines) + "\n"
-
-
-def write_prompt_file(report: PromptFileReport, folder: str | os.PathLike) -> None:
-    """``bench.json`` and ``bench.md`` into ``folder``."""
-    folder = Path(folder)
-    (folder / "bench.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
-    (folder / "bench.md").write_text(prompt_file_markdown(report))

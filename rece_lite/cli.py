@@ -4,8 +4,14 @@
     rece-lite demo                     # the whole story for one concept, with a short table
     rece-lite bench --concept red      # original, ESD-x, UCE, RECE side by side
 
-Every argument is checked before any work starts; bad input exits with status 2 and one
-line saying what to do.  Output folders are never replaced without ``--force`` and appear
+Every argument is checked before any work starts, and the concept is parsed there once;
+bad input (a :class:`rece_lite.errors.InputError` from the library, a
+:class:`rece_lite.files.UsageError` from here, a model, file or pipeline that is not there
+or not editable) exits with status 2 and one line saying what to do; any other exception
+is a bug and keeps its traceback.  The methods are :data:`rece_lite.methods.METHODS`, the
+sampling settings written to reports :data:`rece_lite.settings.SAMPLING`.
+
+Output folders are never replaced without ``--force`` and appear
 whole or not at all (:func:`rece_lite.files.staged_dir`).  torch and diffusers are imported
 only once a command runs, so ``--help`` and ``--version`` answer at once.
 """
@@ -19,12 +25,16 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
+from rece_lite import methods
 from rece_lite._version import __version__
+from rece_lite.errors import InputError
 from rece_lite.files import UsageError, check_out, staged_dir
+from rece_lite.settings import SAMPLING, SamplingSettings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-METHODS = ("uce", "rece")
+#: ``--method``'s choices: the names of :data:`rece_lite.methods.METHODS`.
+METHODS: tuple[str, ...] = methods.names()
 DERIVED_IS = (
     "the bare concept word's embedding derived in closed form right after the UCE edit (RECE's first derivation)"
 )
@@ -48,6 +58,13 @@ def _concept(model: str, word: str):
         return Concept.parse(word)
     except ValueError as e:
         raise UsageError(str(e)) from None
+
+
+def _parsed(args: argparse.Namespace, model: str):
+    """The concept :func:`check` parsed (parsing it here only for a caller that skipped :func:`check`)."""
+    if not hasattr(args, "parsed"):
+        args.parsed = _concept(model, args.concept)
+    return args.parsed
 
 
 def _environment(pipe) -> dict:
@@ -102,7 +119,7 @@ def run_erase(args: argparse.Namespace) -> dict:
     from rece_lite.measure import erase_and_measure
     from rece_lite.recipes import recipe_for
 
-    concept = _concept(args.model, args.concept)
+    concept = _parsed(args, args.model)
     tiny = concept is not None
     with staged_dir(args.out, force=args.force) as tmp:
         recipe = recipe_for(args.model, concept if tiny else args.concept, epochs=args.epochs)
@@ -115,7 +132,7 @@ def run_erase(args: argparse.Namespace) -> dict:
             measured=tiny,
         )  # fmt: skip
         if tiny:
-            title = f"after {args.method.upper()} ({concept.name} erased)"
+            title = f"after {methods.get(args.method).label} ({concept.name} erased)"
             _grid(pipe, concept, tmp / "after.png", title, seeds)
         run.patch.save(tmp / "patch.safetensors")
         report = {
@@ -124,7 +141,7 @@ def run_erase(args: argparse.Namespace) -> dict:
             "method": args.method,
             "recipe": asdict(recipe),
             "seeds": seeds,
-            "sampling": {"steps": args.steps, "guidance": 6.0},
+            "sampling": asdict(SamplingSettings(steps=args.steps)),
             "edit_seconds": run.edit_seconds,
             "original": asdict(run.original) if run.original else None,
             "erased": asdict(run.erased) if run.erased else None,
@@ -142,7 +159,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     from rece_lite.measure import erase_and_measure
     from rece_lite.recipes import recipe_for
 
-    concept = _concept("tiny", args.concept)
+    concept = _parsed(args, "tiny")
     with staged_dir(args.out, force=args.force) as tmp:
         recipe = recipe_for("tiny", concept)
         seeds = list(range(args.seeds))
@@ -205,7 +222,7 @@ def run_bench(args: argparse.Namespace) -> dict:
 def _bench_tiny(args: argparse.Namespace, main: bool):
     from rece_lite import bench
 
-    concept = _concept("tiny", args.concept)
+    concept = _parsed(args, "tiny")
     pipe = _load(args.model, say=main)
     report = bench.run(
         pipe, concept.name, seeds=range(args.seeds), steps=args.steps, repeats=args.repeats,
@@ -217,28 +234,38 @@ def _bench_tiny(args: argparse.Namespace, main: bool):
 
 
 def _bench_prompt_file(args: argparse.Namespace, main: bool):
-    from rece_lite import bench
-    from rece_lite.erase import Patch
+    from rece_lite import prompt_file
     from rece_lite.recipes import recipe_for
 
-    rows = bench.read_prompts(args.prompts)
+    concept = _parsed(args, args.model)
+    rows = prompt_file.read_prompts(args.prompts)
     if args.judge:
-        judge, judge_name = bench.load_judge(args.judge), args.judge
+        judge, judge_name = prompt_file.load_judge(args.judge), args.judge
     elif args.model == "tiny":
-        judge, judge_name = _tiny_judge(_concept("tiny", args.concept)), f"the evaluator: shows {args.concept!r}"
+        judge, judge_name = _tiny_judge(concept), f"the evaluator: shows {args.concept!r}"
     else:
         raise UsageError("--judge is needed with --prompts on a model other than 'tiny' (package.module:function)")
     if args.patch:
-        edits = {Path(p).stem: Patch.load(p) for p in args.patch}
+        edits = {Path(p).stem: _load_patch(p) for p in args.patch}
     else:
-        recipe = recipe_for(args.model, _concept(args.model, args.concept) or args.concept)
-        edits = {"UCE": recipe, "RECE": recipe}
+        recipe = recipe_for(args.model, concept or args.concept)
+        edits = {m.label: recipe for m in methods.METHODS.values()}
     pipe = _load(args.model, say=main)
-    report = bench.prompt_file_run(
+    report = prompt_file.prompt_file_run(
         pipe, rows, judge, edits, steps=args.steps, prompts_name=str(args.prompts), judge_name=judge_name,
         model=str(args.model), command="rece-lite " + " ".join(args.argv), progress=main,
     )  # fmt: skip
-    return report, bench.write_prompt_file, bench.prompt_file_markdown
+    return report, prompt_file.write_prompt_file, prompt_file.prompt_file_markdown
+
+
+def _load_patch(path: str):
+    """A ``--patch`` file; one whose contents are no patch (a 3-d tensor, say) is the user's input, said in one line."""
+    from rece_lite.patch import Patch
+
+    try:
+        return Patch.load(path)
+    except TypeError as e:
+        raise InputError(f"--patch {e}") from None
 
 
 def _tiny_judge(concept):
@@ -266,12 +293,15 @@ def parser() -> argparse.ArgumentParser:
                        "miniature model, before/after pictures and measurements.")  # fmt: skip
     e.add_argument("--model", default="tiny", help="'tiny' (the embedded model), a local folder or a cached hub id")
     e.add_argument("--concept", required=True, help="what to erase (tiny: a colour or shape, or a synonym)")
-    e.add_argument("--method", default="rece", choices=METHODS, help="the closed form to use (default: rece)")
+    e.add_argument("--method", default="rece", choices=METHODS,
+                   help="the closed form to use: " + "; ".join(f"{m.name}: {m.description}" for m in
+                                                                methods.METHODS.values()) + " (default: rece)")
     e.add_argument("--epochs", type=int, default=None, help="RECE epochs (default: the recipe's)")
     e.add_argument("--out", required=True, help="the folder to write (created; replaced only with --force)")
     e.add_argument("--force", action="store_true", help="replace --out if it exists")
     e.add_argument("--seeds", type=int, default=8, help="seeds per prompt for the measurements (default: 8)")
-    e.add_argument("--steps", type=int, default=20, help="sampling steps for the measurements (default: 20)")
+    e.add_argument("--steps", type=int, default=SAMPLING.steps,
+                   help=f"sampling steps for the measurements (default: {SAMPLING.steps})")
 
     d = sub.add_parser("demo", help="the whole story for one concept on the embedded model",
                        description="Erase a concept from the embedded model with UCE and RECE and print a table: "
@@ -291,7 +321,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="rece-lite-bench", help="output folder: bench.json, bench.md, bench.png")
     b.add_argument("--force", action="store_true", help="replace --out if it exists")
     b.add_argument("--seeds", type=int, default=8, help="seeds per prompt for every measurement (default: 8)")
-    b.add_argument("--steps", type=int, default=20, help="sampling steps (default: 20)")
+    b.add_argument("--steps", type=int, default=SAMPLING.steps, help=f"sampling steps (default: {SAMPLING.steps})")
     b.add_argument("--repeats", type=int, default=5, help="timed runs of UCE and RECE, median reported (default: 5)")
     b.add_argument("--esd-steps", type=int, default=None, help="ESD fine-tuning steps (default: esd_erase's)")
     b.add_argument("--attack-steps", type=int, default=None,
@@ -315,7 +345,8 @@ def check(args: argparse.Namespace) -> None:
     _at_least(getattr(args, "esd_steps", None), 1, "--esd-steps")
     _at_least(getattr(args, "attack_steps", None), 1, "--attack-steps")
     model = getattr(args, "model", "tiny")
-    _concept(model if args.cmd != "bench" or getattr(args, "prompts", None) else "tiny", args.concept)
+    # parsed once, here: the commands read args.parsed (a Concept for the miniature world, None otherwise)
+    args.parsed = _concept(model if args.cmd != "bench" or getattr(args, "prompts", None) else "tiny", args.concept)
     if args.cmd == "bench" and args.prompts is None and (args.judge or args.patch):
         raise UsageError("--judge and --patch go with --prompts")
     check_out(args.out, force=args.force)
@@ -331,7 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check(args)
         COMMANDS[args.cmd](args)
-    except (UsageError, FileNotFoundError, NotImplementedError, ValueError, TypeError) as err:
+    except (InputError, UsageError, FileNotFoundError, NotImplementedError) as err:
+        # the user's input (InputError, UsageError), or a model / file that is not there (FileNotFoundError)
+        # or not a pipeline rece-lite edits (NotImplementedError): one line. Anything else is a bug: traceback.
         print(f"rece-lite: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

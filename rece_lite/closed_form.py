@@ -17,7 +17,9 @@ device itself where it has float64, as CUDA and the CPU do; the CPU for Apple's
 ``mps``, which has none) and names that device for every tensor it creates.
 
 No diffusers here: these functions run on toy matrices (notebook 1) and on the
-stacked K/V weights of a real UNet alike.
+stacked K/V weights of a real UNet alike.  Their defaults (λ, s_e, s_p, the regulariser and
+λ') are :data:`rece_lite.settings.EDIT` and :data:`rece_lite.settings.RECE`, the standard
+library's dataclasses: this module still needs nothing but torch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+from rece_lite.settings import EDIT, RECE
 
 Reg = Literal["zero", "standard", "surrogate"]
 REGULARISERS: tuple[str, ...] = ("zero", "standard", "surrogate")
@@ -113,9 +117,9 @@ def uce_weights(
     targets: torch.Tensor,
     preserve: torch.Tensor | None = None,
     *,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
-    preserve_scale: float = 0.1,
+    lamb: float = EDIT.lamb,
+    erase_scale: float = EDIT.erase_scale,
+    preserve_scale: float = EDIT.preserve_scale,
 ) -> torch.Tensor:
     """UCE's closed-form edit of one projection matrix (UCE eq. 7).
 
@@ -152,9 +156,9 @@ def uce_map(
     guide: torch.Tensor,
     preserve: torch.Tensor | None = None,
     *,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
-    preserve_scale: float = 0.1,
+    lamb: float = EDIT.lamb,
+    erase_scale: float = EDIT.erase_scale,
+    preserve_scale: float = EDIT.preserve_scale,
 ) -> torch.Tensor:
     """The ``d x d`` matrix M with ``uce_weights(W, c, W c*, c_p) == W @ M`` for *every* W.
 
@@ -222,8 +226,8 @@ def derive_embedding(
     K: torch.Tensor | None,
     concept: torch.Tensor,
     *,
-    reg: Reg = "zero",
-    reg_scale: float = 0.1,
+    reg: Reg = RECE.reg,
+    reg_scale: float = RECE.reg_scale,
     old_target: torch.Tensor | None = None,
     Kc: torch.Tensor | None = None,
 ) -> torch.Tensor:

@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rece_lite.errors import InputError
 from rece_lite.paths import classifier_path
 from rece_lite.tiny import world
 
@@ -312,3 +313,28 @@ def concept_prompts(concept: str, *, synonyms: bool = False) -> list[str]:
 def other_prompts(concept: str) -> tuple[list[str], list[str], list[str]]:
     """Prompts that do not involve ``concept``, with what each asks for (see :meth:`~world.Concept.other_prompts`)."""
     return world.Concept.parse(concept).other_prompts()
+
+
+# -------------------------------------------------------------- kernel distance (KID)
+def kernel_distance(x: torch.Tensor, y: torch.Tensor, degree: int = 3) -> float:
+    """Unbiased MMD² with the polynomial kernel ``k(a, b) = (aᵀb / d + 1)^degree`` (KID's).
+
+    Args:
+        x: (m, d) features; y: (n, d) features; m, n >= 2.
+    """
+    x, y = x.double(), y.double()
+    m, n, d = len(x), len(y), x.shape[1]
+    if m < 2 or n < 2:
+        raise InputError("the kernel distance needs at least two pictures on each side")
+    k = lambda a, b: (a @ b.T / d + 1) ** degree  # noqa: E731
+    kxx, kyy = k(x, x), k(y, y)
+    xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    yy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
+    return float(xx + yy - 2 * k(x, y).mean())
+
+
+@torch.no_grad()
+def features(images: np.ndarray) -> torch.Tensor:
+    """(n, 64) features of the evaluator's shape CNN (:meth:`ShapeNet.embed`)."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return shape_classifier().embed(x)

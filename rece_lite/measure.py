@@ -24,13 +24,16 @@ import torch
 from tqdm.auto import tqdm
 
 from rece_lite import evaluate as ev
-from rece_lite.erase import Patch, derive_embedding, rece_erase, snapshot, uce_erase
-from rece_lite.pipeline import sample
+from rece_lite import methods
+from rece_lite.erase import Patch, derive_embedding, snapshot
 from rece_lite.recipes import Recipe
+from rece_lite.sampling import sample
+from rece_lite.settings import SAMPLING
 from rece_lite.tiny.world import Concept
 
 Method = Literal["uce", "rece"]
-METHODS: tuple[str, ...] = ("uce", "rece")
+#: The names :func:`erase_and_measure` takes: :data:`rece_lite.methods.METHODS`'.
+METHODS: tuple[str, ...] = methods.names()
 
 
 @dataclass(frozen=True)
@@ -64,7 +67,7 @@ def measure(
     concept: str | Concept,
     *,
     seeds: Sequence[int] = range(8),
-    steps: int = 20,
+    steps: int = SAMPLING.steps,
     derived: torch.Tensor | None = None,
     reference: Measurement | None = None,
     progress: bool = False,
@@ -81,7 +84,7 @@ def measure(
         reference: the original model's measurement, for ``preservation``.
         progress: a progress bar over the pictures.
     """
-    c = Concept.parse(concept)
+    c = Concept.parse(concept)  # a Concept parses to itself
     seeds = [int(s) for s in seeds]
     others, o_shapes, o_colours = c.other_prompts()
     named, synonyms = c.prompts(), c.prompts(synonyms=True)
@@ -136,7 +139,7 @@ def erase_and_measure(
     *,
     method: Method = "rece",
     seeds: Sequence[int] = range(8),
-    steps: int = 20,
+    steps: int = SAMPLING.steps,
     measured: bool = True,
     original: Measurement | None = None,
     feed: torch.Tensor | None = None,
@@ -149,7 +152,7 @@ def erase_and_measure(
         concept: what to erase (prompts come from ``recipe``; the measurement needs the
             miniature world's concept).
         recipe: the erasure's settings (:func:`rece_lite.recipes.recipe_for`).
-        method: ``"uce"`` or ``"rece"``.
+        method: a name in :data:`rece_lite.methods.METHODS` (``"uce"``, ``"rece"``).
         seeds, steps: sampling of every measurement.
         measured: measure at all (False for models outside the miniature world).
         original: the original model's measurement if already known (not measured again).
@@ -157,21 +160,16 @@ def erase_and_measure(
             ``derived[:1]``, the derived embedding of the recipe's first erase prompt, the bare word).
         progress: progress bars.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    how = methods.get(method)
     c = Concept.parse(concept) if measured else concept
     kw = dict(seeds=seeds, steps=steps, progress=progress)
     if measured and original is None:
         original = measure(pipe, c, desc="original model", **kw)
     snap = snapshot(pipe)
     t0 = time.perf_counter()
-    if method == "rece":
-        res = rece_erase(pipe, **recipe.rece_kwargs(), progress=progress)
-        seconds, patch = time.perf_counter() - t0, res.patch
-        derived = res.derived[0].reshape(-1, *res.derived[0].shape[-2:]) if res.derived else None
-    else:
-        patch = uce_erase(pipe, **recipe.uce_kwargs())
-        seconds, derived = time.perf_counter() - t0, None
+    done = how.run(pipe, recipe, progress)
+    seconds, patch = time.perf_counter() - t0, done.patch
+    derived = done.derived[0].reshape(-1, *done.derived[0].shape[-2:]) if done.derived else None
     if derived is None:  # UCE, or RECE with 0 epochs (which is UCE): derive as RECE's first epoch would
         derived = torch.stack([
             derive_embedding(pipe, item, original=snap, reg=recipe.reg, reg_scale=recipe.reg_scale)
@@ -180,5 +178,5 @@ def erase_and_measure(
     erased = None
     if measured:
         fed = derived[:1] if feed is None else feed
-        erased = measure(pipe, c, derived=fed, reference=original, desc=f"{method.upper()}-erased model", **kw)
-    return ErasureRun(c, method, recipe, patch, derived, seconds, original, erased)
+        erased = measure(pipe, c, derived=fed, reference=original, desc=f"{how.label}-erased model", **kw)
+    return ErasureRun(c, how.name, recipe, patch, derived, seconds, original, erased)
