@@ -40,7 +40,9 @@ import torch
 
 from rece_lite import closed_form as cf
 from rece_lite import layers
+from rece_lite._version import __version__
 from rece_lite.files import save_tensors, staged_dir
+from rece_lite.patch import Patch, _check_names, file_to_write
 from rece_lite.pipeline import Pipeline
 
 #: Singular values of ``M − I`` below ``RANK_TOLERANCE · σ₁`` are dropped: float32's resolution (2⁻²³).
@@ -155,18 +157,6 @@ def _check_rank(rank: object, d: int) -> int | None:
     return int(rank)
 
 
-def _check_path(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        raise IsADirectoryError(
-            f"path {path} is a folder; give a file name in it, e.g. {path / LORA_WEIGHT_NAME} "
-            "(the name load_lora_weights looks for in a folder)"
-        )
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
-    return path
-
-
 def _base_weights(base: Snapshot | Pipeline, fingerprint: str | None) -> dict[str, torch.Tensor]:
     """The weights of ``base`` (a snapshot, a pipeline or a UNet), after checking it is ``fingerprint``'s model."""
     if isinstance(getattr(base, "weights", None), dict):
@@ -190,8 +180,7 @@ def _base_weights(base: Snapshot | Pipeline, fingerprint: str | None) -> dict[st
 
 def _check_base(base: dict[str, torch.Tensor], weights: dict[str, torch.Tensor], M: torch.Tensor | None) -> None:
     """Refuse a ``base`` that is not the weights the edit was applied to (``base · M ≈ weights``)."""
-    if set(base) != set(weights):
-        raise ValueError("base names other cross-attention matrices than the patch: give the same model's snapshot")
+    _check_names(set(base), set(weights), "base")
     for n, w in weights.items():
         if tuple(base[n].shape) != tuple(w.shape):
             raise ValueError(f"base: {n} has shape {tuple(base[n].shape)}, the patch {tuple(w.shape)}")
@@ -251,18 +240,19 @@ def to_lora(
     Returns:
         A :class:`LoraExport` with the rank written and the measured relative error.
     """
-    # 1. Check everything before any work
-    if not isinstance(weights, dict) or not weights or not all(isinstance(w, torch.Tensor) for w in weights.values()):
-        raise TypeError("weights must be a non-empty dict of module name -> (out, d) tensor (a Patch's weights)")
+    # 1. Check everything before any work: the weights and map as a Patch checks them
+    try:
+        edit = Patch(weights, fingerprint or "", dict(metadata or {}), edit_map)
+    except TypeError as e:
+        raise TypeError(f"to_lora: {e} (give a Patch's weights and map)") from None
     d = next(iter(weights.values())).shape[-1]
     rank = _check_rank(rank, d)
-    path = _check_path(path)
+    hint = f", e.g. {Path(path) / LORA_WEIGHT_NAME} (the name load_lora_weights looks for in a folder)"
+    path = file_to_write(path, "to_lora", "write the LoRA", hint if isinstance(path, (str, os.PathLike)) else "")
     dev = cf.solve_device(next(iter(weights.values())).device)
     M = None
-    if edit_map is not None:
-        if not isinstance(edit_map, torch.Tensor) or edit_map.shape != (d, d) or not edit_map.is_floating_point():
-            raise TypeError(f"edit_map must be a ({d}, {d}) floating-point tensor (a Patch's map) or None")
-        M = edit_map.detach().to(dev).to(torch.float64)
+    if edit.map is not None:
+        M = edit.map.detach().to(dev).to(torch.float64)
         if not torch.isfinite(M).all():
             raise ValueError("edit_map holds NaN or inf")
     before = _base_weights(base, fingerprint) if base is not None else None
@@ -392,8 +382,6 @@ def save_pretrained(
 
 
 def _edit_note(pipe: Pipeline, edit: Snapshot) -> dict[str, Any]:
-    from rece_lite import __version__
-
     if not isinstance(getattr(edit, "weights", None), dict) or not isinstance(getattr(edit, "fingerprint", None), str):
         raise TypeError(f"edit must be the Patch the pipeline holds, got {type(edit).__name__}")
     fp = layers.fingerprint(pipe.unet)

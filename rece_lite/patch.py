@@ -166,11 +166,7 @@ class Patch:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write as safetensors (tensors on the CPU), atomically: a temp file renamed into place."""
-        path = _check_path(path, "Patch.save")
-        if path.is_dir():
-            raise IsADirectoryError(f"cannot save the patch to {path}: it is a folder; give a file name in it")
-        if not path.parent.is_dir():
-            raise FileNotFoundError(f"cannot save the patch to {path}: the folder {path.parent} does not exist")
+        path = file_to_write(path, "Patch.save", "save the patch")
         tensors = dict(self.weights)
         if self.map is not None:
             tensors[MAP_KEY] = self.map
@@ -238,6 +234,20 @@ def _check_path(path: object, what: str) -> Path:
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"{what}: path must be a file name (a str or os.PathLike), got {type(path).__name__} {path!r}")
     return Path(path)
+
+
+def file_to_write(path: object, what: str, doing: str, hint: str = "") -> Path:
+    """``path`` as a file name that can be written: not a folder, in a folder that exists.
+
+    The one check :meth:`Patch.save` and :func:`rece_lite.export.to_lora` share; ``doing``
+    says what for ("save the patch"), ``hint`` what to give instead of a folder.
+    """
+    path = _check_path(path, what)
+    if path.is_dir():
+        raise IsADirectoryError(f"cannot {doing} to {path}: it is a folder; give a file name in it{hint}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot {doing} to {path}: the folder {path.parent} does not exist; create it first")
+    return path
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
