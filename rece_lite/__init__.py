@@ -30,20 +30,21 @@ _EXPORTS: dict[str, str] = {
     "generate_with_attention": "rece_lite.attention",
     "record_attention": "rece_lite.attention",
     "SolveError": "rece_lite.closed_form",
+    "InputError": "rece_lite.errors",
     "LoraExport": "rece_lite.export",
     "read_lora_info": "rece_lite.export",
     "save_pretrained": "rece_lite.export",
-    "Patch": "rece_lite.erase",
+    "Patch": "rece_lite.patch",
     "ReceResult": "rece_lite.erase",
     "derive_embedding": "rece_lite.erase",
     "rece_erase": "rece_lite.erase",
-    "snapshot": "rece_lite.erase",
+    "snapshot": "rece_lite.patch",
     "uce_erase": "rece_lite.erase",
-    "encode": "rece_lite.pipeline",
-    "encode_pooled": "rece_lite.pipeline",
-    "Pipeline": "rece_lite.pipeline",
-    "load_pipeline": "rece_lite.pipeline",
-    "sample": "rece_lite.pipeline",
+    "encode": "rece_lite.text",
+    "encode_pooled": "rece_lite.text",
+    "Pipeline": "rece_lite.loading",
+    "load_pipeline": "rece_lite.loading",
+    "sample": "rece_lite.sampling",
 }
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "generate_with_attention",
     "record_attention",
     "SolveError",
+    "InputError",
     "LoraExport",
     "read_lora_info",
     "save_pretrained",
@@ -96,6 +98,10 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
         record_attention,
     )
     from rece_lite.closed_form import SolveError
-    from rece_lite.erase import Patch, ReceResult, derive_embedding, rece_erase, snapshot, uce_erase
+    from rece_lite.erase import ReceResult, derive_embedding, rece_erase, uce_erase
+    from rece_lite.errors import InputError
     from rece_lite.export import LoraExport, read_lora_info, save_pretrained
-    from rece_lite.pipeline import Pipeline, encode, encode_pooled, load_pipeline, sample
+    from rece_lite.loading import Pipeline, load_pipeline
+    from rece_lite.patch import Patch, snapshot
+    from rece_lite.sampling import sample
+    from rece_lite.text import encode, encode_pooled

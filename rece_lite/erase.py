@@ -37,6 +37,7 @@ from rece_lite import closed_form as cf
 from rece_lite import layers
 from rece_lite._version import __version__
 from rece_lite.errors import InputError
+from rece_lite.loading import check_supported
 from rece_lite.patch import (  # noqa: F401  (re-exported: `from rece_lite.erase import Patch` keeps working)
     MAP_KEY,
     Patch,
@@ -46,8 +47,8 @@ from rece_lite.patch import (  # noqa: F401  (re-exported: `from rece_lite.erase
     _write,
     snapshot,
 )
-from rece_lite.pipeline import check_prompts, check_supported, encode, last_subject_index
 from rece_lite.settings import EDIT, RECE
+from rece_lite.text import check_prompts, encode, last_subject_index
 
 Item = str | torch.Tensor
 Tokens = Literal["all", "last_subject"]

@@ -35,6 +35,7 @@ from rece_lite import layers
 from rece_lite.erase import Patch, edit_metadata
 from rece_lite.evaluate import concept_prompts
 from rece_lite.pipeline import check_prompts, check_supported, encode, image_latents, sample
+from rece_lite.settings import SAMPLING
 
 IMAGE_SEED = 2000  # the original model draws the concept's pictures with seeds 2000, 2001, ...
 
@@ -66,8 +67,8 @@ def esd_erase(
     batch: int = 8,
     images_per_prompt: int = 8,
     seed: int = 0,
-    sample_steps: int = 20,
-    guidance: float = 6.0,
+    sample_steps: int = SAMPLING.steps,
+    guidance: float = SAMPLING.guidance,
     progress: bool = True,
 ) -> EsdResult:
     """Erase ``concept`` by fine-tuning the cross-attention keys and values toward negative guidance.

@@ -42,8 +42,8 @@ from rece_lite import closed_form as cf
 from rece_lite import layers
 from rece_lite._version import __version__
 from rece_lite.files import save_tensors, staged_dir
+from rece_lite.loading import Pipeline
 from rece_lite.patch import Patch, _check_names, file_to_write
-from rece_lite.pipeline import Pipeline
 
 #: Singular values of ``M − I`` below ``RANK_TOLERANCE · σ₁`` are dropped: float32's resolution (2⁻²³).
 RANK_TOLERANCE = 2.0**-23

@@ -15,6 +15,7 @@ import torch
 import rece_lite.attacks.checks as checks
 from rece_lite.attacks.result import ConceptVectorResult, Judge, concept_word, default_prompts, generate, judge_images
 from rece_lite.pipeline import check_prompts, encode
+from rece_lite.settings import SAMPLING
 from rece_lite.tiny.world import without_word
 
 
@@ -44,8 +45,8 @@ def concept_vector_attack(
     prompts: Sequence[str] | None = None,
     neutral: Sequence[str] | None = None,
     seeds: Sequence[int] = range(8),
-    steps: int = 20,
-    guidance: float = 6.0,
+    steps: int = SAMPLING.steps,
+    guidance: float = SAMPLING.guidance,
     judge: Judge | None = None,
     progress: bool = True,
 ) -> ConceptVectorResult:

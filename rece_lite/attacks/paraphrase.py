@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import rece_lite.attacks.checks as checks
 from rece_lite.attacks.result import AttackResult, Judge, default_prompts, generate, judge_images
 from rece_lite.pipeline import check_prompts
+from rece_lite.settings import SAMPLING
 
 
 def paraphrase_attack(
@@ -20,8 +21,8 @@ def paraphrase_attack(
     *,
     prompts: Sequence[str] | None = None,
     seeds: Sequence[int] = range(8),
-    steps: int = 20,
-    guidance: float = 6.0,
+    steps: int = SAMPLING.steps,
+    guidance: float = SAMPLING.guidance,
     judge: Judge | None = None,
     progress: bool = True,
 ) -> AttackResult:

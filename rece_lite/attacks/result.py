@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 import rece_lite.attacks.checks as checks
 from rece_lite import evaluate as ev
 from rece_lite.pipeline import sample
+from rece_lite.settings import SAMPLING
 from rece_lite.tiny.world import has_word
 
 Judge = Callable[[np.ndarray], Sequence[bool]]
@@ -139,8 +140,8 @@ def generate(
     *,
     embeds: torch.Tensor | None = None,
     seeds: Sequence[int],
-    steps: int = 20,
-    guidance: float = 6.0,
+    steps: int = SAMPLING.steps,
+    guidance: float = SAMPLING.guidance,
     progress: bool = True,
     desc: str = "sampling",
 ) -> np.ndarray:

@@ -32,6 +32,7 @@ import rece_lite.attacks.checks as checks
 from rece_lite.attacks.result import Judge, SoftPromptResult, concept_word, default_prompts, generate, judge_images
 from rece_lite.erase import Patch
 from rece_lite.pipeline import check_prompts, encode, image_latents, sample
+from rece_lite.settings import SAMPLING
 from rece_lite.tiny.world import replace_word, without_word
 
 Space = Literal["input", "output"]
@@ -297,7 +298,7 @@ def soft_prompt_attack(
     seed: int = 0,
     seeds: Sequence[int] = range(8),
     steps: int | None = None,
-    guidance: float = 6.0,
+    guidance: float = SAMPLING.guidance,
     judge: Judge | None = None,
     progress: bool = True,
     sample_steps: int | None = None,
