@@ -71,6 +71,36 @@ def test_out_is_checked_before_any_work(tmp_path, monkeypatch, capsys, where):
         assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
+def _raises(exc):
+    def command(args):
+        raise exc
+
+    return command
+
+
+def test_an_input_error_from_the_library_is_one_line_and_status_2(tmp_path, monkeypatch, capsys):
+    from rece_lite.errors import InputError
+
+    monkeypatch.setattr(cli, "COMMANDS", {"erase": _raises(InputError("lamb must be > 0, got 0"))})
+    assert cli.main(["erase", "--concept", "red", "--out", str(tmp_path / "x")]) == 2
+    assert _one_line_error(capsys) == "rece-lite: error: lamb must be > 0, got 0"
+
+
+@pytest.mark.parametrize("bug", [ValueError("an internal shape mismatch"), TypeError("a bad call"), KeyError("x")])
+def test_any_other_exception_is_a_bug_and_keeps_its_traceback(tmp_path, monkeypatch, bug):
+    monkeypatch.setattr(cli, "COMMANDS", {"erase": _raises(bug)})
+    with pytest.raises(type(bug)):
+        cli.main(["erase", "--concept", "red", "--out", str(tmp_path / "x")])
+
+
+def test_the_concept_is_parsed_once_and_handed_to_the_command(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "COMMANDS", {"erase": lambda args: seen.append(args.parsed)})
+    assert cli.main(["erase", "--concept", "crimson", "--out", str(tmp_path / "x")]) == 0
+    (concept,) = seen
+    assert (concept.kind, concept.name, concept.word) == ("colour", "red", "crimson")
+
+
 def test_version_and_help_answer(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--version"])
@@ -93,6 +123,7 @@ def test_erase_writes_a_loadable_patch_and_a_report(tmp_path):
     assert {p.name for p in out.iterdir()} == {"patch.safetensors", "report.json", "before.png", "after.png"}
     report = json.loads((out / "report.json").read_text())
     assert report["recipe"]["epochs"] == 1
+    assert report["sampling"] == {"steps": 20, "guidance": 6.0}  # what sample() used: settings.SAMPLING
     assert report["versions"]["rece_lite"] == rl.__version__
     assert report["device"] == "cpu"
     assert report["dtype"] == "float32"
