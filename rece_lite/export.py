@@ -41,6 +41,7 @@ import torch
 from rece_lite import closed_form as cf
 from rece_lite import layers
 from rece_lite._version import __version__
+from rece_lite.errors import InputError
 from rece_lite.files import save_tensors, staged_dir
 from rece_lite.loading import Pipeline
 from rece_lite.patch import Patch, _check_names, file_to_write
@@ -153,7 +154,7 @@ def _check_rank(rank: object, d: int) -> int | None:
     if isinstance(rank, bool) or not isinstance(rank, numbers.Integral):
         raise TypeError(f"rank must be a whole number (or None for the exact rank), got {type(rank).__name__}")
     if not 1 <= rank <= d:
-        raise ValueError(f"rank must be between 1 and d = {d} (or None for the exact rank), got {rank}")
+        raise InputError(f"rank must be between 1 and d = {d} (or None for the exact rank), got {rank}")
     return int(rank)
 
 
@@ -171,7 +172,7 @@ def _base_weights(base: Snapshot | Pipeline, fingerprint: str | None) -> dict[st
         weights = {n: m.weight.detach() for n, m in layers.projections(unet).items()}
         fp, what = layers.fingerprint(unet), "pipeline"
     if fingerprint and fp and fp != fingerprint:
-        raise ValueError(
+        raise InputError(
             f"base: this patch was made for model {fingerprint}, not for the base {what}'s model ({fp}): "
             "give the snapshot or pipeline of the model the patch was made on"
         )
@@ -183,9 +184,9 @@ def _check_base(base: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
     _check_names(set(base), set(weights), "base")
     for n, w in weights.items():
         if tuple(base[n].shape) != tuple(w.shape):
-            raise ValueError(f"base: {n} has shape {tuple(base[n].shape)}, the patch {tuple(w.shape)}")
+            raise InputError(f"base: {n} has shape {tuple(base[n].shape)}, the patch {tuple(w.shape)}")
     if all(torch.equal(base[n].to(w.device, w.dtype), w) for n, w in weights.items()):
-        raise ValueError(
+        raise InputError(
             "base holds the edited weights themselves, not the weights before the edit: give the snapshot taken "
             "before it (rl.snapshot(pipe) before erasing), or leave base out"
         )
@@ -198,7 +199,7 @@ def _check_base(base: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
     for n, w in weights.items():
         b, w = base[n].to(dev).double(), w.to(dev).double()
         if (b @ MX - w @ X).norm() > 0.1 * ((w - b) @ X).norm():
-            raise ValueError(
+            raise InputError(
                 f"base: {n} is not the matrix this edit was applied to (base · M differs from the patch): give "
                 "the snapshot taken right before the edit"
             )
@@ -254,10 +255,10 @@ def to_lora(
     if edit.map is not None:
         M = edit.map.detach().to(dev).to(torch.float64)
         if not torch.isfinite(M).all():
-            raise ValueError("edit_map holds NaN or inf")
+            raise InputError("edit_map holds NaN or inf")
     before = _base_weights(base, fingerprint) if base is not None else None
     if before is None and M is None:
-        raise ValueError(
+        raise InputError(
             "this patch has no map (a snapshot, or an edit such as ESD that is no W·M): give base=, the snapshot "
             "taken before the edit, so that each ΔW = W − W_before can be factored"
         )
@@ -270,7 +271,7 @@ def to_lora(
     if M is not None:
         U, S, Vt = low_rank(M - torch.eye(d, dtype=torch.float64, device=dev))
         if not len(S):
-            raise ValueError("edit_map is the identity: the edit changes nothing, so there is no LoRA to write")
+            raise InputError("edit_map is the identity: the edit changes nothing, so there is no LoRA to write")
         P = U * S  # M − I = P Vᵀ
         if before is None:
             P = torch.linalg.solve(M, P)  # I − M⁻¹ = M⁻¹ (M − I) = (M⁻¹ P) Vᵀ, applied to W_new
@@ -285,7 +286,7 @@ def to_lora(
             pairs[n] = (U * S, Vt)
         exact = max(A.shape[0] for _, A in pairs.values())
         if exact == 0:
-            raise ValueError("the patch's weights equal base's: the edit changes nothing, so there is no LoRA to write")
+            raise InputError("the patch's weights equal base's: the edit changes nothing, so there is no LoRA to write")
         pairs = {n: _pad(B, A, exact) for n, (B, A) in pairs.items()}
     r = exact if rank is None else min(rank, exact)
     lora, errors = {}, {}
@@ -335,7 +336,7 @@ def read_lora_info(path: str | os.PathLike) -> dict[str, Any]:
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata() or {}
     if LORA_INFO_KEY not in header:
-        raise ValueError(f"{path} is not a LoRA written by rece-lite (no {LORA_INFO_KEY} in its header)")
+        raise InputError(f"{path} is not a LoRA written by rece-lite (no {LORA_INFO_KEY} in its header)")
     return json.loads(header[LORA_INFO_KEY])
 
 
@@ -367,7 +368,7 @@ def save_pretrained(
     if not callable(getattr(pipe, "save_pretrained", None)) or not isinstance(parts[0], torch.nn.Module):
         raise TypeError(f"pipe must be a diffusers Stable Diffusion pipeline, got {type(pipe).__name__}")
     if any(getattr(p, "peft_config", None) for p in parts if p is not None):
-        raise ValueError(
+        raise InputError(
             "pipe has LoRA adapters loaded; from_pretrained would not read them back: call pipe.fuse_lora() and "
             "pipe.unload_lora_weights() first (or save the LoRA itself with to_lora)"
         )
@@ -386,12 +387,12 @@ def _edit_note(pipe: Pipeline, edit: Snapshot) -> dict[str, Any]:
         raise TypeError(f"edit must be the Patch the pipeline holds, got {type(edit).__name__}")
     fp = layers.fingerprint(pipe.unet)
     if edit.fingerprint != fp:
-        raise ValueError(f"edit: this patch was made for model {edit.fingerprint}, not this pipeline's ({fp})")
+        raise InputError(f"edit: this patch was made for model {edit.fingerprint}, not this pipeline's ({fp})")
     mods = layers.projections(pipe.unet)
     held = set(mods) == set(edit.weights) and all(
         torch.equal(m.weight.detach(), edit.weights[n].to(m.weight.device, m.weight.dtype)) for n, m in mods.items()
     )
     if not held:
-        raise ValueError("edit: the pipeline does not hold this patch's weights; apply it first (patch.apply(pipe))")
+        raise InputError("edit: the pipeline does not hold this patch's weights; apply it first (patch.apply(pipe))")
     meta = getattr(edit, "metadata", {}) or {}
     return {"rece_lite": __version__, "fingerprint": fp, "matrices": len(mods), "edit": dict(meta)}

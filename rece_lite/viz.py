@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from rece_lite.attention import layer_label, select_layers
+from rece_lite.errors import InputError
 
 
 def to_array(images) -> np.ndarray:
@@ -109,7 +110,7 @@ def _upsampled(heat, size: tuple[int, int]) -> np.ndarray:
         np.asarray(heat.detach().cpu() if hasattr(heat, "detach") else heat), dtype=torch.float32, device="cpu"
     )
     if h.ndim != 2:
-        raise ValueError(f"heat must be one token's (h, w) map, e.g. store.token_maps()[i]; got shape {tuple(h.shape)}")
+        raise InputError(f"heat must be one token's (h, w) map, e.g. store.token_maps()[i]; got shape {tuple(h.shape)}")
     return F.interpolate(h[None, None], size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
@@ -189,7 +190,7 @@ def _token_index(tokens: Sequence[str], token: int | str) -> int:
     if isinstance(token, int):
         return token
     if token not in tokens:
-        raise ValueError(
+        raise InputError(
             f"{token!r} is not one of this prompt's tokens: {list(tokens[: len(word_positions(tokens)) + 2])}"
         )
     return list(tokens).index(token)
