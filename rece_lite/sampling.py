@@ -74,10 +74,11 @@ def sample(
         raise InputError("give prompts or embeds (not both)")
     steps = _whole(steps, "steps", "the number of sampling steps, e.g. 20")
     batch_size = _whole(batch_size, "batch_size", "pictures drawn at once, e.g. 64")
+    scale = f"the classifier-free guidance scale, e.g. {SAMPLING.guidance}"
     if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real):
-        raise TypeError(f"guidance must be a number (the classifier-free guidance scale, e.g. 6.0), got {guidance!r}")
+        raise TypeError(f"guidance must be a number ({scale}), got {guidance!r}")
     if not math.isfinite(guidance):
-        raise InputError(f"guidance must be finite (the classifier-free guidance scale, e.g. 6.0), got {guidance}")
+        raise InputError(f"guidance must be finite ({scale}), got {guidance}")
     seeds = _seed_list(seeds)
     sdxl = is_sdxl(pipe)
     if embeds is not None:
