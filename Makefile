@@ -11,6 +11,10 @@ export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 # the miniature model samples faster on one thread, and two threads on a shared 2-core machine thrash
 export OMP_NUM_THREADS ?= 1
+# notebooks executed at once by `make test` (nbval, one kernel per worker) and `make book`: each runs on one
+# thread, so two fill a 2-core machine; a notebook's cells always stay in one kernel, in order (loadscope)
+NOTEBOOK_WORKERS ?= 2
+export NOTEBOOK_WORKERS
 
 .PHONY: demo test lab lint bench train report wheel-check book book-test lab-test clean
 
@@ -28,7 +32,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
-	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:randomly notebooks
+	$(BIN)/python -m pytest -q --nbval-lax --nbval-current-env -p no:randomly -n $(NOTEBOOK_WORKERS) --dist loadscope notebooks
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks

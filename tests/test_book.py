@@ -243,3 +243,30 @@ def test_the_browser_check_fails_a_broken_page(tmp_path, capsys):
     assert "missing image: missing.png" in out
     assert "broken link to nowhere.html" in out
     assert "console error: boom" in out
+
+
+def test_execute_all_runs_notebooks_side_by_side_in_course_order(tmp_path):
+    """Two workers execute two notebooks, each in its own kernel; the result keeps the course's order."""
+    paths = []
+    for name, value in (("01_first.ipynb", 1), ("02_second.ipynb", 2)):
+        nb = new_notebook(cells=[new_code_cell(f"import os\nx = {value}"), new_code_cell("print(x * 10, os.getpid())")],
+                          metadata=PYTHON)  # fmt: skip
+        nbformat.write(nb, tmp_path / name)
+        paths.append(tmp_path / name)
+    done = build.execute_all(tuple(paths), tmp_path / "cache", "fp", timeout=120, workers=2)
+    assert list(done) == paths
+    printed = [done[p].cells[1].outputs[0].text.split() for p in paths]
+    assert [words[0] for words in printed] == ["10", "20"]
+    assert printed[0][1] != printed[1][1], "both notebooks ran in one kernel"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["01_first.ipynb", "02_second.ipynb"]
+
+
+def test_execute_all_names_the_notebook_that_fails(tmp_path):
+    good = new_notebook(cells=[new_code_cell("x = 1")], metadata=PYTHON)
+    bad = new_notebook(cells=[new_code_cell("raise RuntimeError('boom')")], metadata=PYTHON)
+    nbformat.write(good, tmp_path / "01_good.ipynb")
+    nbformat.write(bad, tmp_path / "02_bad.ipynb")
+    with pytest.raises(SystemExit, match="02_bad.ipynb failed.*boom"):
+        build.execute_all((tmp_path / "01_good.ipynb", tmp_path / "02_bad.ipynb"), tmp_path / "c", "fp", 120, 2)
+    with pytest.raises(SystemExit, match="--workers must be >= 1"):
+        build.execute_all((tmp_path / "01_good.ipynb",), tmp_path / "c", "fp", 120, 0)
