@@ -180,3 +180,108 @@ def test_dtype_and_float32_inputs():
         warnings.simplefilter("error")
         M, _ = cf.null_space_map(ce.float(), cg.float(), keep.float())
     assert M.dtype == torch.float64
+
+
+# ------------------------------------------------------------------------ on a pipeline
+def _weights(pipe) -> dict[str, torch.Tensor]:
+    from rece_lite import layers
+
+    return {n: m.weight.detach().clone() for n, m in layers.projections(pipe.unet).items()}
+
+
+KEEP = ["blue", "a green square"]
+
+
+def test_pipeline_edit_keeps_kept_outputs_and_equals_the_closed_form(rand_pipe):
+    import rece_lite as rl
+    from rece_lite.null_space import null_space_erase
+
+    before = _weights(rand_pipe)
+    ce, cg = rl.encode(rand_pipe, "red")[0].double(), rl.encode(rand_pipe, "")[0].double()
+    ck = rl.encode(rand_pipe, KEEP).reshape(-1, 64).double()
+    patch = null_space_erase(rand_pipe, "red", "", KEEP)
+    after = _weights(rand_pipe)
+    assert patch.metadata["method"] == "null_space"
+    rank = int(patch.metadata["rank"])
+    assert rank == cf.null_space_projector(ck)[1] and 0 < rank < 64
+    assert patch.metadata["null_dims"] == str(64 - rank)
+    for name, W in before.items():
+        W64, new = W.double(), after[name].double()
+        assert rel(ck @ new.T, ck @ W64.T) < 1e-5  # kept keys/values unchanged (float32 weights)
+        torch.testing.assert_close(new, cf.null_space_weights(W64, ce, cg @ W64.T, ck), rtol=1e-4, atol=1e-5)
+        # the erased concept moved toward the guide
+        assert ((ce @ new.T - cg @ W64.T).norm() < 0.9 * (ce @ W64.T - cg @ W64.T).norm()).item()
+
+
+def test_uce_moves_kept_outputs_where_the_null_space_edit_does_not(rand_pipe):
+    import rece_lite as rl
+    from rece_lite.null_space import null_space_erase
+
+    snap, before = rl.snapshot(rand_pipe), _weights(rand_pipe)
+    ck = rl.encode(rand_pipe, KEEP).reshape(-1, 64).double()
+
+    def kept_error() -> float:
+        return max(rel(ck @ w.double().T, ck @ before[n].double().T) for n, w in _weights(rand_pipe).items())
+
+    rl.uce_erase(rand_pipe, "red", "", KEEP)
+    uce = kept_error()
+    snap.apply(rand_pipe)
+    null_space_erase(rand_pipe, "red", "", KEEP)
+    assert kept_error() < 1e-5 < 1e-3 < uce
+
+
+def test_null_space_rece_keeps_kept_outputs_through_its_epochs(rand_pipe):
+    import rece_lite as rl
+    from rece_lite.null_space import null_space_rece
+
+    before = _weights(rand_pipe)
+    ck = rl.encode(rand_pipe, KEEP).reshape(-1, 64).double()
+    res = null_space_rece(rand_pipe, "red", "", KEEP, epochs=2)
+    assert len(res.derived) == 2 and len(res.maps) == 3
+    Q = res.maps[0].double() @ res.maps[1].double() @ res.maps[2].double()
+    torch.testing.assert_close(res.patch.map, Q, rtol=1e-4, atol=1e-5)
+    for name, w in _weights(rand_pipe).items():
+        assert rel(ck @ w.double().T, ck @ before[name].double().T) < 1e-5
+    # each epoch's derived embedding (what brings "red" back) is erased too: it comes out near the guide
+    cg = rl.encode(rand_pipe, "")[0].double()
+    c1 = res.derived[0].double()
+    for name, w in _weights(rand_pipe).items():
+        W0 = before[name].double()
+        assert (c1 @ w.double().T - cg @ W0.T).norm() < (c1 @ W0.T - cg @ W0.T).norm() * 1.01
+
+
+def test_full_rank_keep_set_is_refused_and_leaves_the_model(rand_pipe):
+    from rece_lite.null_space import null_space_erase, null_space_rece
+
+    before = _weights(rand_pipe)
+    full = [torch.randn(70, 64, generator=torch.Generator().manual_seed(0))]  # 70 rows of rank 64
+    for f in (null_space_erase, null_space_rece):
+        with pytest.raises(cf.NoRoomError, match="span all 64 dimensions"):
+            f(rand_pipe, "red", "", full)
+        assert all(torch.equal(w, before[n]) for n, w in _weights(rand_pipe).items())
+    # prompts kept with one row each leave room
+    many = ["blue", "a green square", "a yellow star", "a photo of a grey circle", "something blue"]
+    null_space_erase(rand_pipe, "a red circle", "a grey circle", many, tokens="last_subject")
+    assert not all(torch.equal(w, before[n]) for n, w in _weights(rand_pipe).items())
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(erase="red", keep=["red"]), ValueError, "erased and preserved"),
+        (dict(erase="", keep=KEEP), ValueError, "empty prompt"),
+        (dict(erase="red", keep=KEEP, rank_tol=1.5), ValueError, "rank_tol"),
+        (dict(erase="red", keep=KEEP, lamb=0), ValueError, "lamb"),
+        (dict(erase="red", keep=[torch.zeros(3, 5)]), ValueError, r"\(T, 64\)"),
+        (dict(erase="red", keep=KEEP, tokens="some"), ValueError, "tokens"),
+        (dict(erase="red", guide=["a", "b"], keep=KEEP), ValueError, "one guide"),
+    ],
+)
+def test_bad_input_is_named_and_leaves_the_model(rand_pipe, kwargs, error, match):
+    from rece_lite.null_space import null_space_erase, null_space_rece
+
+    before = _weights(rand_pipe)
+    for f in (null_space_erase, null_space_rece):
+        with pytest.raises(error, match=match):
+            f(rand_pipe, **kwargs)
+        assert all(torch.equal(w, before[n]) for n, w in _weights(rand_pipe).items())
