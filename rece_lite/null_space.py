@@ -52,7 +52,7 @@ RANK_TOL = 1e-6
 #: The miniature model's rank tolerance, with its recipe's preserve forms as the keep set and
 #: ``tokens="all"``: there 12 kept forms x 16 token rows span all 64 dimensions, so holding
 #: every direction leaves no room (:class:`~rece_lite.closed_form.NoRoomError`).  Chosen on
-#: seeds 0-7 (``/tmp`` exploration, 20 steps; red toward grey, circle toward ""; "showing":
+#: seeds 0-7 (:func:`rece_lite.measure.measure`, 20 steps; red toward grey, circle toward ""; "showing":
 #: "a red …" / "a … circle" pictures still showing it; "kept": the other concepts' pictures
 #: right, as a share of the original's), as the largest mean of kept − showing:
 #:
