@@ -511,3 +511,39 @@ def null_space_map(
     M = _null_space_delta((cg - ce).T, ce, P, lamb, erase_scale)
     M.diagonal().add_(1.0)
     return _check_finite(M, "the null-space solve"), rank
+
+
+def influence(M: torch.Tensor, G: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """How far the edit ``W_l ← W_l M`` moves each row's keys and values, over all matrices.
+
+    For each row c_j, ``s_j = √(Σ_l ‖W_l (M − I) c_jᵀ‖²) = √(x_jᵀ G x_j)`` with ``x_j = (M − I) c_jᵀ``
+    and ``G = Σ_l W_lᵀ W_l`` (:func:`gram`).  SPEED's Influence-based Prior Filtering scores kept
+    rows this way with the *unconstrained* erase edit, and holds only the most influenced
+    (:func:`filter_priors`): the others barely move anyway.
+
+    Args:
+        M: (d, d) an edit's map (e.g. :func:`uce_map` with nothing preserved).
+        G: (d, d) ``Σ_l W_lᵀ W_l``.
+        rows: (m, d) the rows to score.
+
+    Returns:
+        (m,) float64 scores, on :func:`solve_device` of ``M``'s device.
+    """
+    dev, d = solve_device(M.device), M.shape[0]
+    M64, G64, c = _f64(M, dev, "M"), _f64(G, dev, "G"), _rows(rows, d, dev, "rows")
+    X = M64 @ c.T - c.T  # (d, m)
+    return ((G64 @ X) * X).sum(0).clamp_min(0).sqrt()
+
+
+def filter_priors(scores: torch.Tensor) -> torch.Tensor:
+    """SPEED's prior filter: the rows whose influence is above the mean (a boolean mask).
+
+    Args:
+        scores: (m,) from :func:`influence`.
+
+    Returns:
+        (m,) bool, True for the rows to hold exactly.
+    """
+    if scores.ndim != 1 or scores.numel() == 0:
+        raise ValueError(f"scores must be a non-empty 1-d tensor, got shape {tuple(scores.shape)}")
+    return scores > scores.mean()

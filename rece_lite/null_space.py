@@ -70,18 +70,28 @@ RANK_TOL = 1e-6
 TINY_RANK_TOL = 3e-3
 
 
-def _rows_and_room(pipe, erase, guide, keep, tokens, rank_tol):
-    """Erase/guide rows per item, the kept rows, and the kept rows' rank; refuses a full-rank keep set."""
+def _rows_and_room(pipe, erase, guide, keep, tokens, rank_tol, prior=None):
+    """Erase/guide rows per item, the kept rows to hold, and their projector and rank.
+
+    ``prior``: ``(lamb, erase_scale)`` to hold only the kept rows above the mean influence
+    (:func:`rece_lite.closed_form.filter_priors`); None holds them all.  Refuses a keep set
+    of full rank (:class:`rece_lite.closed_form.NoRoomError`).
+    """
     d, dev = layers.embedding_width(pipe.unet), _work_device(pipe)
     ce, cg, ck = _erase_rows(pipe, _as_list(erase), _as_list(guide), _as_list(keep), d, tokens, dev)
+    if prior is not None and ck.shape[0] > 0:
+        lamb, erase_scale = prior
+        free = cf.uce_map(torch.cat(ce), torch.cat(cg), None, lamb=lamb, erase_scale=erase_scale, preserve_scale=0)
+        G = cf.gram([m.weight for m in layers.projections(pipe.unet).values()])
+        ck = ck[cf.filter_priors(cf.influence(free, G, ck))]
     P, rank = cf.null_space_projector(ck, d, rank_tol=rank_tol)
     if rank >= d:
         n = len(_as_list(keep))
         raise cf.NoRoomError(
             f"keep: the {ck.shape[0]} kept rows of {n} item(s) span all {d} dimensions of the text embedding "
             f"(rank {rank} at rank_tol={rank_tol:g}), so no edit can keep them exactly and change anything else. "
-            "Keep fewer concepts, use tokens='last_subject' (one row per prompt), or raise rank_tol to hold only "
-            "their main directions; nothing was changed"
+            "Keep fewer concepts, use tokens='last_subject' (one row per prompt), prior_filter=True, or raise "
+            "rank_tol to hold only their main directions; nothing was changed"
         )
     return ce, cg, ck, P, rank, d
 
@@ -101,6 +111,7 @@ def null_space_erase(
     erase_scale: float = 1.0,
     rank_tol: float = RANK_TOL,
     tokens: Tokens = "all",
+    prior_filter: bool = False,
 ) -> Patch:
     """Erase concepts, holding the keys and values of ``keep`` exactly, editing ``pipe`` in place.
 
@@ -118,9 +129,13 @@ def null_space_erase(
             the rest are free to move (0 to about 1e-7: all of them, exactly).
         tokens: ``"all"`` or ``"last_subject"`` (see :func:`rece_lite.uce_erase`); applies to
             the erase, guide and kept items alike.
+        prior_filter: hold only the kept rows that the unconstrained edit would move more than
+            the average kept row (SPEED's Influence-based Prior Filtering,
+            :func:`rece_lite.closed_form.influence`): room for keep sets too large to hold whole.
 
     Returns:
-        A :class:`~rece_lite.erase.Patch` with the edit's map; its metadata records ``rank``
+        A :class:`~rece_lite.erase.Patch` with the edit's map; its metadata records ``held_rows``
+        (the kept rows held), ``rank``
         (kept directions held), ``null_dims`` (``d − rank``) and ``free_share`` (the share of
         the erase rows outside the kept span: near 0, the edit can barely move them).
 
@@ -130,12 +145,15 @@ def null_space_erase(
     check_supported(pipe)
     cf.check_uce_settings(lamb, erase_scale, 0.0)
     cf.check_rank_tol(rank_tol)
-    ce, cg, ck, P, rank, d = _rows_and_room(pipe, erase, guide, keep, tokens, rank_tol)
+    if not isinstance(prior_filter, bool):
+        raise TypeError(f"prior_filter must be True or False, got {type(prior_filter).__name__} {prior_filter!r}")
+    prior = (lamb, erase_scale) if prior_filter else None
+    ce, cg, ck, P, rank, d = _rows_and_room(pipe, erase, guide, keep, tokens, rank_tol, prior)
     ce, cg = torch.cat(ce), torch.cat(cg)
     M, _ = cf.null_space_map(ce, cg, ck, lamb=lamb, erase_scale=erase_scale, rank_tol=rank_tol)
     meta = edit_metadata(
-        "null_space", lamb=lamb, erase_scale=erase_scale, rank_tol=rank_tol, tokens=tokens,
-        rank=rank, null_dims=d - rank, free_share=f"{free_share(ce, P):.4g}",
+        "null_space", lamb=lamb, erase_scale=erase_scale, rank_tol=rank_tol, tokens=tokens, prior_filter=prior_filter,
+        held_rows=ck.shape[0], rank=rank, null_dims=d - rank, free_share=f"{free_share(ce, P):.4g}",
     )  # fmt: skip
     return _apply_map(pipe, M, meta)
 

@@ -285,3 +285,41 @@ def test_bad_input_is_named_and_leaves_the_model(rand_pipe, kwargs, error, match
         with pytest.raises(error, match=match):
             f(rand_pipe, **kwargs)
         assert all(torch.equal(w, before[n]) for n, w in _weights(rand_pipe).items())
+
+
+# ------------------------------------------------------------------- SPEED's prior filter
+def test_influence_is_the_keys_and_values_moved_summed_over_matrices():
+    g = torch.Generator().manual_seed(12)
+    Ws = [torch.randn(o, D, generator=g, dtype=torch.float64) for o in (3, 5, 7)]
+    M = torch.eye(D, dtype=torch.float64) + 0.3 * torch.randn(D, D, generator=g, dtype=torch.float64)
+    rows = torch.randn(9, D, generator=g, dtype=torch.float64)
+    brute = torch.stack([sum(((W @ M - W) @ c).square().sum() for W in Ws).sqrt() for c in rows])
+    torch.testing.assert_close(cf.influence(M, cf.gram(Ws), rows), brute, rtol=1e-10, atol=1e-12)
+    mask = cf.filter_priors(brute)
+    assert mask.tolist() == [bool(s > brute.mean()) for s in brute] and 0 < int(mask.sum()) < 9
+    with pytest.raises(ValueError, match="non-empty 1-d"):
+        cf.filter_priors(torch.zeros(0))
+
+
+def test_prior_filter_holds_the_most_influenced_rows_of_a_full_rank_keep_set(rand_pipe):
+    import rece_lite as rl
+    from rece_lite import layers
+    from rece_lite.null_space import null_space_erase
+
+    full = torch.randn(70, 64, generator=torch.Generator().manual_seed(0))  # rank 64: no room unfiltered
+    before = _weights(rand_pipe)
+    ce, cg = rl.encode(rand_pipe, "red")[0].double(), rl.encode(rand_pipe, "")[0].double()
+    free = cf.uce_weights  # independent: score each kept row by the unconstrained edit of every matrix
+    moved = torch.zeros(70, dtype=torch.float64)
+    for W in before.values():
+        W64 = W.double()
+        Wf = free(W64, ce, cg @ W64.T, None, lamb=0.1, erase_scale=1.0, preserve_scale=0.0)
+        moved += ((Wf - W64) @ full.double().T).square().sum(0)
+    held = moved.sqrt() > moved.sqrt().mean()
+    patch = null_space_erase(rand_pipe, "red", "", [full], prior_filter=True)
+    assert patch.metadata["held_rows"] == str(int(held.sum()))
+    kept = full.double()[held]
+    for name, m in layers.projections(rand_pipe.unet).items():
+        assert rel(kept @ m.weight.detach().double().T, kept @ before[name].double().T) < 1e-5
+    with pytest.raises(TypeError, match="prior_filter"):
+        null_space_erase(rand_pipe, "red", "", ["blue"], prior_filter="yes")
