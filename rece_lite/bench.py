@@ -65,8 +65,8 @@ from rece_lite.sampling import sample
 from rece_lite.settings import SAMPLING, SamplingSettings
 from rece_lite.tiny.world import Concept
 
-#: The table's rows: the original, ESD-x, then every method of :data:`rece_lite.methods.METHODS`.
-MODELS: tuple[str, ...] = ("original", "ESD-x", *(m.label for m in methods.METHODS.values()))
+#: The table's rows: the original, ESD-x, then every compared method (:func:`rece_lite.methods.compared`).
+MODELS: tuple[str, ...] = ("original", "ESD-x", *(m.label for m in methods.compared()))
 COLUMNS: dict[str, str] = {
     "showing": "still showing ↓",
     "paraphrase": "paraphrase ↓",
@@ -111,7 +111,7 @@ def erase_all(
     try:
         esd = esd_erase(pipe, concept, progress=progress, **(esd_kw or {}))
         out["ESD-x"] = Edit(esd.patch, esd.seconds, (esd.seconds,))
-        for method in methods.METHODS.values():
+        for method in methods.compared():
             runs = []
             for _ in range(max(1, repeats)):
                 snap.apply(pipe)

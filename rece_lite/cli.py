@@ -249,7 +249,7 @@ def _bench_prompt_file(args: argparse.Namespace, main: bool):
         edits = {Path(p).stem: _load_patch(p) for p in args.patch}
     else:
         recipe = recipe_for(args.model, concept or args.concept)
-        edits = {m.label: recipe for m in methods.METHODS.values()}
+        edits = {m.label: recipe for m in methods.compared()}
     pipe = _load(args.model, say=main)
     report = prompt_file.prompt_file_run(
         pipe, rows, judge, edits, steps=args.steps, prompts_name=str(args.prompts), judge_name=judge_name,

@@ -30,24 +30,23 @@ import torch
 from tqdm.auto import tqdm
 
 from rece_lite import closed_form as cf
-from rece_lite import layers
 from rece_lite.erase import (
     Item,
     Patch,
     ReceResult,
+    Target,
     Tokens,
     _apply_map,
     _as_list,
     _check_epochs,
     _erase_rows,
-    _work_device,
     edit_metadata,
 )
-from rece_lite.pipeline import check_supported
+from rece_lite.settings import EDIT, NULL_SPACE
 
 #: The default rank tolerance of the pipeline edits: every direction of the kept rows is held,
 #: up to rounding (:func:`rece_lite.closed_form.null_space_projector`).
-RANK_TOL = 1e-6
+RANK_TOL = NULL_SPACE.rank_tol
 
 #: The miniature model's rank tolerance, with its recipe's preserve forms as the keep set and
 #: ``tokens="all"``: there 12 kept forms x 16 token rows span all 64 dimensions, so holding
@@ -67,22 +66,22 @@ RANK_TOL = 1e-6
 #: =========  ==========================  ==========================
 #:
 #: Notebook 10 measures it on seeds 100 and up.
-TINY_RANK_TOL = 3e-3
+from rece_lite.recipes import TINY_RANK_TOL  # noqa: E402  (stated with the recipe that uses it)
 
 
-def _rows_and_room(pipe, erase, guide, keep, tokens, rank_tol, prior=None):
+def _rows_and_room(target: Target, erase, guide, keep, tokens, rank_tol, prior=None):
     """Erase/guide rows per item, the kept rows to hold, and their projector and rank.
 
     ``prior``: ``(lamb, erase_scale)`` to hold only the kept rows above the mean influence
     (:func:`rece_lite.closed_form.filter_priors`); None holds them all.  Refuses a keep set
     of full rank (:class:`rece_lite.closed_form.NoRoomError`).
     """
-    d, dev = layers.embedding_width(pipe.unet), _work_device(pipe)
-    ce, cg, ck = _erase_rows(pipe, _as_list(erase), _as_list(guide), _as_list(keep), d, tokens, dev)
+    d = target.width
+    ce, cg, ck = _erase_rows(target, _as_list(erase), _as_list(guide), _as_list(keep), tokens)
     if prior is not None and ck.shape[0] > 0:
         lamb, erase_scale = prior
         free = cf.uce_map(torch.cat(ce), torch.cat(cg), None, lamb=lamb, erase_scale=erase_scale, preserve_scale=0)
-        G = cf.gram([m.weight for m in layers.projections(pipe.unet).values()])
+        G = cf.gram(target.weights())
         ck = ck[cf.filter_priors(cf.influence(free, G, ck))]
     P, rank = cf.null_space_projector(ck, d, rank_tol=rank_tol)
     if rank >= d:
@@ -107,8 +106,8 @@ def null_space_erase(
     guide: Item | Sequence[Item] = "",
     keep: Sequence[Item] = (),
     *,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
+    lamb: float = EDIT.lamb,
+    erase_scale: float = EDIT.erase_scale,
     rank_tol: float = RANK_TOL,
     tokens: Tokens = "all",
     prior_filter: bool = False,
@@ -142,20 +141,20 @@ def null_space_erase(
     Raises:
         rece_lite.closed_form.NoRoomError: the kept rows span all d dimensions (nothing changed).
     """
-    check_supported(pipe)
+    target = Target.of(pipe)
     cf.check_uce_settings(lamb, erase_scale, 0.0)
     cf.check_rank_tol(rank_tol)
     if not isinstance(prior_filter, bool):
         raise TypeError(f"prior_filter must be True or False, got {type(prior_filter).__name__} {prior_filter!r}")
     prior = (lamb, erase_scale) if prior_filter else None
-    ce, cg, ck, P, rank, d = _rows_and_room(pipe, erase, guide, keep, tokens, rank_tol, prior)
+    ce, cg, ck, P, rank, d = _rows_and_room(target, erase, guide, keep, tokens, rank_tol, prior)
     ce, cg = torch.cat(ce), torch.cat(cg)
     M, _ = cf.null_space_map(ce, cg, ck, lamb=lamb, erase_scale=erase_scale, rank_tol=rank_tol)
     meta = edit_metadata(
         "null_space", lamb=lamb, erase_scale=erase_scale, rank_tol=rank_tol, tokens=tokens, prior_filter=prior_filter,
         held_rows=ck.shape[0], rank=rank, null_dims=d - rank, free_share=f"{free_share(ce, P):.4g}",
     )  # fmt: skip
-    return _apply_map(pipe, M, meta)
+    return _apply_map(target, M, meta)
 
 
 def null_space_rece(
@@ -167,8 +166,8 @@ def null_space_rece(
     epochs: int = 2,
     reg: cf.Reg = "zero",
     reg_scale: float = 0.01,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
+    lamb: float = EDIT.lamb,
+    erase_scale: float = EDIT.erase_scale,
     rank_tol: float = RANK_TOL,
     tokens: Tokens = "all",
     progress: bool = False,
@@ -190,14 +189,14 @@ def null_space_rece(
         A :class:`~rece_lite.erase.ReceResult`; its patch's map is the product of the edits.
     """
     t0 = time.perf_counter()
-    check_supported(pipe)
+    target = Target.of(pipe)
     epochs = _check_epochs(epochs)
     cf.check_uce_settings(lamb, erase_scale, 0.0)
     cf.check_derivation_settings(reg, reg_scale)
     cf.check_rank_tol(rank_tol)
-    per_concept, guides, ck, P, rank, d = _rows_and_room(pipe, erase, guide, keep, tokens, rank_tol)
+    per_concept, guides, ck, P, rank, d = _rows_and_room(target, erase, guide, keep, tokens, rank_tol)
     ce, cg = torch.cat(per_concept), torch.cat(guides)
-    grams = cf.Grams.start(cf.gram([m.weight for m in layers.projections(pipe.unet).values()]))
+    grams = cf.Grams.start(cf.gram(target.weights()))
     maps: list[torch.Tensor] = []
 
     def edit(state: cf.Grams, rows: torch.Tensor) -> cf.Grams:
@@ -219,5 +218,5 @@ def null_space_rece(
         "null_space_rece", epochs=epochs, reg=reg, reg_scale=reg_scale, lamb=lamb, erase_scale=erase_scale,
         rank_tol=rank_tol, tokens=tokens, rank=rank, null_dims=d - rank, free_share=f"{free_share(ce, P):.4g}",
     )  # fmt: skip
-    patch = _apply_map(pipe, Q, meta)
+    patch = _apply_map(target, Q, meta)
     return ReceResult(patch, derived, time.perf_counter() - t0, maps)

@@ -11,6 +11,7 @@ value                         default                                used by
 :data:`EDIT`                  λ = 0.1, s_e = 1.0, s_p = 0.1          UCE, RECE's edits, ``Recipe``
 :data:`RECE`                  3 epochs, ``reg="zero"``, λ' = 0.1     ``rece_erase``, ``derive_embedding``
 :data:`SAMPLING`              20 steps, guidance 6.0                 ``sample``, measure, bench, reports
+:data:`NULL_SPACE`            rank_tol = 1e-6                        ``null_space_erase``, ``Recipe``
 ``Recipe.epochs``             2 (see :class:`rece_lite.recipes.Recipe`)
 ============================  =====================================  ==================================
 """
@@ -54,6 +55,19 @@ class ReceSettings:
 
 
 @dataclass(frozen=True)
+class NullSpaceSettings:
+    """The null-space edit (:func:`rece_lite.null_space.null_space_erase`).
+
+    Attributes:
+        rank_tol: kept directions with singular value above ``rank_tol · σ_max`` are held
+            exactly; 1e-6 holds every one up to rounding.  The miniature model's recipe holds only
+            the main ones (:data:`rece_lite.null_space.TINY_RANK_TOL`: its 64 dimensions fill up).
+    """
+
+    rank_tol: float = 1e-6
+
+
+@dataclass(frozen=True)
 class SamplingSettings:
     """How pictures are drawn (:func:`rece_lite.sample`).
 
@@ -70,3 +84,4 @@ class SamplingSettings:
 EDIT = EditSettings()
 RECE = ReceSettings()
 SAMPLING = SamplingSettings()
+NULL_SPACE = NullSpaceSettings()

@@ -19,9 +19,9 @@ from rece_lite.settings import EDIT, RECE, SAMPLING
 def test_the_command_measure_and_the_bench_offer_the_registrys_methods():
     from rece_lite import bench
 
-    assert cli.METHODS == measure.METHODS == tuple(methods.METHODS) == ("uce", "rece")
-    assert bench.MODELS == ("original", "ESD-x", "UCE", "RECE")
-    assert [m.label for m in methods.METHODS.values()] == ["UCE", "RECE"]
+    assert cli.METHODS == measure.METHODS == tuple(methods.METHODS) == ("uce", "rece", "null_space")
+    assert bench.MODELS == ("original", "ESD-x", "UCE", "RECE")  # the null-space edit is no row until it wins
+    assert [m.label for m in methods.compared()] == ["UCE", "RECE"]
 
 
 def test_a_method_is_found_by_name_or_label_in_any_case():
@@ -31,13 +31,13 @@ def test_a_method_is_found_by_name_or_label_in_any_case():
 
 @pytest.mark.parametrize("name", ["null", "", "uce ", None, 3])
 def test_an_unknown_method_is_an_input_error_naming_the_known_ones(name):
-    with pytest.raises(InputError, match="uce, rece"):
+    with pytest.raises(InputError, match="uce, rece, null_space"):
         methods.get(name)
 
 
 def test_erase_and_measure_refuses_an_unknown_method_before_touching_the_model(rand_pipe):
     before = rl.snapshot(rand_pipe)
-    with pytest.raises(InputError, match="method must be one of uce, rece, got 'esd'"):
+    with pytest.raises(InputError, match="method must be one of uce, rece, null_space, got 'esd'"):
         measure.erase_and_measure(rand_pipe, "red", recipe_for("tiny", "red"), method="esd", measured=False)
     assert rl.snapshot(rand_pipe) == before
 
@@ -63,6 +63,17 @@ def test_each_registered_method_runs_its_edit(rand_pipe):
     snap.apply(rand_pipe)
     direct = rl.rece_erase(rand_pipe, **recipe.rece_kwargs())
     assert direct.patch == rece.patch
+    snap.apply(rand_pipe)
+    held = methods.get("null_space").run(rand_pipe, recipe, False)
+    assert held.patch.metadata["method"] == "null_space" and held.derived == []
+    from rece_lite.null_space import null_space_erase
+
+    snap.apply(rand_pipe)
+    assert null_space_erase(rand_pipe, **recipe.null_space_kwargs()) == held.patch
+    kept = rl.encode(rand_pipe, ["blue"])[0].double()
+    for name, w in held.patch.weights.items():  # the preserved prompt's keys and values are held exactly
+        before = snap.weights[name].double() @ kept.T
+        assert (w.double() @ kept.T - before).norm() <= 1e-4 * before.norm(), name
 
 
 # ------------------------------------------------------------------------------ defaults, once
