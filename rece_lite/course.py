@@ -242,3 +242,62 @@ def check_function(fn: Callable | None, reference: Callable, cases: list[tuple],
 def _short(args: tuple) -> str:
     parts = [f"{tuple(a.shape)}" if hasattr(a, "shape") else repr(a) for a in args]
     return "(" + ", ".join(parts) + ")"
+
+
+# ------------------------------------------------------------- predict, then measure
+def predict(prediction, measured, *, what: str = "your prediction", tol: float | None = None) -> bool | None:
+    """Compare a learner's prediction (written *before* measuring) with the measurement; never raises.
+
+    A prediction may be wrong: that is the point of writing it down first. Numbers match within ``tol``
+    (absolute; default 10% of the measurement's size, at least 0.05); words match after
+    ``str().strip().lower()``. Returns whether they matched, or None while either is missing.
+    """
+    if prediction is None:
+        print(f"(not answered yet: write your prediction for {what} first, then measure)")
+        return None
+    if measured is None:
+        print(f"(you predicted {prediction!r} for {what}; now measure it)")
+        return None
+    if isinstance(prediction, str) or isinstance(measured, str):
+        ok = str(prediction).strip().lower() == str(measured).strip().lower()
+        print(f"{what}: you predicted {prediction!r}, measured {measured!r}: " + ("as predicted." if ok else
+              "not as predicted. Which step of your reasoning does the measurement contradict?"))  # fmt: skip
+        return ok
+    p, m = float(prediction), float(measured)
+    t = tol if tol is not None else max(0.05, 0.1 * abs(m))
+    ok = abs(p - m) <= t
+    print(
+        f"{what}: you predicted {p:.3g}, measured {m:.3g} (off by {abs(p - m):.3g}; tolerance {t:.3g}): "
+        + ("as predicted." if ok else "not as predicted. Which step of your reasoning does it contradict?")
+    )
+    return ok
+
+
+def _colour_most_drawn(labels) -> tuple[str, str]:
+    from collections import Counter
+
+    return Counter(labels.colours).most_common(1)[0][0], "the guide tells the edited model what red looks like instead."
+
+
+# The exercises' expected answers live here, not in the learner's cell: key -> (context -> (answer, why)).
+ANSWERS: dict[str, Callable[..., tuple[object, str]]] = {
+    "03.1": lambda labels: _colour_most_drawn(labels),
+    "03.4": lambda: ("smaller", "λ pulls the new weights toward the current ones: M → I as λ grows."),
+    "04.1": lambda vocabulary, nearest: (vocabulary[int(nearest.indices[0])], "distances, not a 2-D picture, decide."),
+    "04.3": lambda: ("grow", "the surrogate trades the original's keys and values for the edited model's own."),
+    "05.3": lambda: ("worse", "a larger ridge term never fits better: the fit term is minimised over a smaller ball."),
+}
+
+
+def check_answer(key: str, answer, *, rtol: float = 1e-6, atol: float = 1e-8, **context) -> None:
+    """Check the answer to exercise ``key`` ("03.4") against the answer key; raises when it is wrong."""
+    if key not in ANSWERS:
+        raise KeyError(f"no exercise {key!r}; known: {', '.join(sorted(ANSWERS))}")
+    if answer is None:
+        print(f"(not answered yet: exercise {key})")
+        return
+    expected, why = ANSWERS[key](**context)
+    if isinstance(expected, str):
+        check_choice(answer, expected, what=f"exercise {key}", why=why)
+    else:
+        check_close(answer, expected, rtol=rtol, atol=atol, what=f"exercise {key}")

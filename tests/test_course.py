@@ -178,3 +178,26 @@ def test_check_choice_ignores_case_and_spaces():
 
 def test_say_formats_numbers_from_variables(capsys):
     assert course.say("{x:.0%} still red", x=0.125) == "12% still red"
+
+
+def test_predict_compares_without_raising(capsys):
+    assert course.predict(None, 0.5) is None and "not answered yet" in capsys.readouterr().out
+    assert course.predict(0.5, None) is None
+    assert course.predict(0.5, 0.52) is True
+    assert course.predict(0.1, 0.9) is False and "not as predicted" in capsys.readouterr().out
+    assert course.predict("Smaller ", "smaller") is True
+
+
+def test_check_answer_uses_the_answer_key():
+    course.check_answer("03.4", "smaller")
+    with pytest.raises(AssertionError):
+        course.check_answer("03.4", "larger")
+    with pytest.raises(KeyError, match="no exercise"):
+        course.check_answer("99.9", 1)
+
+    class Labels:
+        colours = ["grey", "grey", "blue"]
+
+    course.check_answer("03.1", "grey", labels=Labels())
+    with pytest.raises(AssertionError):
+        course.check_answer("03.1", "blue", labels=Labels())
