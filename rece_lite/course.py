@@ -281,6 +281,8 @@ def _colour_most_drawn(labels) -> tuple[str, str]:
 
 # The exercises' expected answers live here, not in the learner's cell: key -> (context -> (answer, why)).
 ANSWERS: dict[str, Callable[..., tuple[object, str]]] = {
+    "01.4": lambda d: (np.zeros((1, d)), "N c = λc + c*‖c‖² = 0 for this guide, so M c = N A⁻¹ c = 0."),
+    "01.4b": lambda: ("yes, no", "W M x = W c needs c − M x in W's null space: the 3 × 4 toy has one; a full-column-rank stack does not."),
     "03.1": lambda labels: _colour_most_drawn(labels),
     "03.4": lambda: ("smaller", "λ pulls the new weights toward the current ones: M → I as λ grows."),
     "04.1": lambda vocabulary, nearest: (vocabulary[int(nearest.indices[0])], "distances, not a 2-D picture, decide."),
