@@ -283,6 +283,9 @@ def _colour_most_drawn(labels) -> tuple[str, str]:
 ANSWERS: dict[str, Callable[..., tuple[object, str]]] = {
     "01.4": lambda d: (np.zeros((1, d)), "N c = λc + c*‖c‖² = 0 for this guide, so M c = N A⁻¹ c = 0."),
     "01.4b": lambda: ("yes, no", "W M x = W c needs c − M x in W's null space: the 3 × 4 toy has one; a full-column-rank stack does not."),
+    "02.1": lambda tokenizer: (tokenizer.convert_ids_to_tokens(tokenizer("a dog star").input_ids)[2],
+                               "the tokenizer knows only its vocabulary's words; anything else is one unknown token."),
+    "02.2": lambda nearest: (nearest["red"], "the encoder learned synonyms from captions alone."),
     "03.1": lambda labels: _colour_most_drawn(labels),
     "03.4": lambda: ("smaller", "λ pulls the new weights toward the current ones: M → I as λ grows."),
     "04.1": lambda vocabulary, nearest: (vocabulary[int(nearest.indices[0])], "distances, not a 2-D picture, decide."),
