@@ -282,15 +282,23 @@ def _colour_most_drawn(labels) -> tuple[str, str]:
 # The exercises' expected answers live here, not in the learner's cell: key -> (context -> (answer, why)).
 ANSWERS: dict[str, Callable[..., tuple[object, str]]] = {
     "01.4": lambda d: (np.zeros((1, d)), "N c = λc + c*‖c‖² = 0 for this guide, so M c = N A⁻¹ c = 0."),
-    "01.4b": lambda: ("yes, no", "W M x = W c needs c − M x in W's null space: the 3 × 4 toy has one; a full-column-rank stack does not."),
-    "02.1": lambda tokenizer: (tokenizer.convert_ids_to_tokens(tokenizer("a dog star").input_ids)[2],
-                               "the tokenizer knows only its vocabulary's words; anything else is one unknown token."),
+    "01.4b": lambda: (
+        "yes, no",
+        "W M x = W c needs c − M x in W's null space: the 3 × 4 toy has one; a full-column-rank stack does not.",
+    ),
+    "02.1": lambda tokenizer: (
+        tokenizer.convert_ids_to_tokens(tokenizer("a dog star").input_ids)[2],
+        "the tokenizer knows only its vocabulary's words; anything else is one unknown token.",
+    ),
     "02.2": lambda nearest: (nearest["red"], "the encoder learned synonyms from captions alone."),
     "07.1": lambda n: (1 - 0.05 ** (1 / n), "(1 − X)^n = 0.05 at the bound: X = 1 − 0.05^(1/n), about 3/n."),
     "07.2": lambda: (0.0, "the mean of E(neutral_i) + v is the mean of E(named_i), by v's definition."),
     "07.4": lambda: ("concept vector", "it adds a vector to the text encoder's output; the other two feed words."),
     "08.1": lambda report: (report.rows["RECE"].attacks["concept_vector"], "a BenchRow's attacks dict, by name."),
-    "08.2": lambda u, r, n: (difference_lower_bound(u, r, n, n), "Newcombe's bound: (u − r) − sqrt((u − l_u)² + (u_r − r)²)."),
+    "08.2": lambda u, r, n: (
+        difference_lower_bound(u, r, n, n),
+        "Newcombe's bound: (u − r) − sqrt((u − l_u)² + (u_r − r)²).",
+    ),
     "08.3": lambda: (42, "a row without an evaluation_seed gets default_seed."),
     "08.4": lambda: ("original", "the original model compared with its own pictures from other seeds."),
     "03.1": lambda labels: _colour_most_drawn(labels),
