@@ -1,4 +1,4 @@
-"""Helpers the notebooks share: the environment cell, numbers in prose, claims checked against seed noise.
+"""Helpers the notebooks share: the environment cell, numbers in prose, claims held to a one-sided 95% confidence bound.
 
 * :func:`environment` — the first cell of every notebook: versions, device, threads, whether the
   embedded model is there, and what to do if something is missing.
