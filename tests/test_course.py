@@ -20,7 +20,7 @@ def test_noise_of_an_extreme_share_is_not_zero():
 
 # --------------------------------------------------------------- strict claims
 # The sample sizes the notebooks claim on (pictures per share); see the notebooks' SEEDS cells.
-SIZES = (16, 24, 32, 48, 64, 96, 128)
+SIZES = (8, 16, 32, 48, 64, 128, 160, 200)
 DRAWS = 4000
 # Simulation slack on a 5% rate measured from DRAWS draws: three binomial standard errors.
 SLACK = 3 * math.sqrt(0.05 * 0.95 / DRAWS)
@@ -85,6 +85,9 @@ def test_a_false_at_least_claim_passes_less_than_5_percent_of_the_time(n, x):
     (32, 0.995, dict(at_least=0.85)),
     (64, 0.99, dict(at_least=0.9)),
     (128, 0.97, dict(at_least=0.9)),
+    (8, 0.995, dict(at_least=0.6)),    # 08's prompt file: 8 pictures
+    (160, 0.995, dict(at_least=0.9)),  # 02: 20 prompts x 8 seeds
+    (200, 0.999, dict(at_least=0.95)), # 02: the evaluator on 200 world pictures
 ])  # fmt: skip
 def test_a_true_claim_with_room_passes_at_the_notebooks_sizes(n, p, kw):
     assert _pass_rate(n, p, **kw) >= 0.9
