@@ -1,15 +1,16 @@
-"""Helpers the notebooks share: the environment cell, numbers in prose, claims checked against seed noise.
+"""Helpers the notebooks share: the environment cell, numbers in prose, claims held to a one-sided 95% confidence bound.
 
 * :func:`environment` — the first cell of every notebook: versions, device, threads, whether the
   embedded model is there, and what to do if something is missing.
 * :func:`say` — Markdown whose numbers come from variables (``say("{share:.0%} still red", share=x)``),
   so that prose cannot go stale: rerun the notebook and the sentence changes with the measurement.
-* :func:`noise` and :func:`claim` — a notebook's claim about a share of pictures ("UCE leaves
-  at most 20% of red prompts red") is asserted with a margin derived from seed noise: a share
-  ``p`` measured on ``n`` independent pictures has a binomial standard error
-  ``sqrt(p (1 - p) / n)``; a claim holds if the measurement clears its bound by less than
-  three such errors the wrong way.  The margin says how far another set of seeds could
-  plausibly move the number, so a notebook neither overclaims nor fails on a lucky seed.
+* :func:`claim` and :func:`differ` — a notebook's claim about a share of pictures ("UCE leaves
+  at most 20% of red prompts red") holds only where the measurement's one-sided 95% confidence
+  bound supports it: "at most X" when the Clopper-Pearson upper bound is <= X, "at least X"
+  when the lower bound is >= X, "A above B" when Newcombe's lower bound of A - B is above 0.
+  A false claim passes less than 5% of the time; a true one needs enough pictures
+  (:func:`claim_seeds` gives held-out seeds, 100 on; nothing was tuned on them).
+  :func:`noise` is the binomial standard error, for error bars.
 * ``check_*`` — the exercises' checks: each takes the learner's answer, says what is right or
   wrong in a sentence, and raises ``AssertionError`` when it is wrong (the notebooks' hidden
   solutions call them, so the test suite proves every exercise can be solved).
@@ -72,11 +73,25 @@ def say(text: str, **values) -> str:
 
 
 # ---------------------------------------------------------------- claims + noise
+#: Which seeds are for what (notebook 02 says it once). The miniature model's recipe and every threshold
+#: were chosen on seeds 0-7 (``rece_lite.recipes.tiny_recipe``); pictures that only illustrate use 0-99;
+#: every measured claim uses seeds from ``CLAIM_SEEDS_START`` on, which nothing was ever chosen on.
+CLAIM_SEEDS_START = 100
+CONFIDENCE = 0.95
+
+
+def claim_seeds(k: int, *, offset: int = 0) -> range:
+    """``k`` held-out seeds for a claim (``100 + offset`` on), disjoint from the tuning seeds 0-7."""
+    if k < 1 or offset < 0:
+        raise ValueError(f"need k >= 1 and offset >= 0, got k={k}, offset={offset}")
+    return range(CLAIM_SEEDS_START + offset, CLAIM_SEEDS_START + offset + k)
+
+
 def noise(share: float, n: int) -> float:
-    """The binomial standard error of a share measured on ``n`` independent pictures.
+    """The binomial standard error of a share measured on ``n`` independent pictures (for error bars).
 
     ``share`` is clipped to ``[1/n, 1 - 1/n]`` so that a measured 0% or 100% still has a
-    margin: with 32 pictures a true rate of 3% shows as 0% a third of the time.
+    bar: with 32 pictures a true rate of 3% shows as 0% a third of the time.
     """
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
@@ -84,37 +99,105 @@ def noise(share: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / n)
 
 
+def _count(share: float, n: int) -> float:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if not share >= 0.0:  # also refuses NaN
+        raise ValueError(f"a share must be >= 0, got {share}")
+    return min(share * n, float(n))  # a ratio such as preservation may exceed 1: counted as all n
+
+
+def upper_bound(share: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson upper bound of a share measured on ``n`` pictures.
+
+    With ``k = share * n`` pictures counted, the bound is the ``p`` at which seeing ``k`` or fewer
+    has probability ``1 - confidence``: ``Beta(confidence; k + 1, n - k)`` (1 when ``k = n``).
+    If the true share were above it, a measurement this low would happen less than 5% of the time.
+    """
+    from scipy.stats import beta
+
+    k = _count(share, n)
+    return 1.0 if k >= n else float(beta.ppf(confidence, k + 1, n - k))
+
+
+def lower_bound(share: float, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson lower bound: ``Beta(1 - confidence; k, n - k + 1)`` (0 when ``k = 0``)."""
+    from scipy.stats import beta
+
+    k = _count(share, n)
+    return 0.0 if k <= 0 else float(beta.ppf(1 - confidence, k, n - k + 1))
+
+
+def _wilson(share: float, n: int, z: float) -> tuple[float, float]:
+    p = _count(share, n) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def difference_lower_bound(a: float, b: float, n_a: int, n_b: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided lower bound of ``a - b`` for two independent shares (Newcombe's hybrid Wilson score method).
+
+    ``L = (a - b) - sqrt((a - l_a)^2 + (u_b - b)^2)``, with ``l_a`` the Wilson lower bound of ``a`` and
+    ``u_b`` the Wilson upper bound of ``b`` at the same one-sided confidence.
+    """
+    from scipy.stats import norm
+
+    z = float(norm.ppf(confidence))
+    l_a, _ = _wilson(a, n_a, z)
+    _, u_b = _wilson(b, n_b, z)
+    return (a - b) - math.sqrt((a - l_a) ** 2 + (u_b - b) ** 2)
+
+
 def claim(measured: float, *, n: int, at_most: float | None = None, at_least: float | None = None,
-          what: str = "the share", z: float = 3.0) -> float:  # fmt: skip
-    """Assert a notebook's claim about a share of ``n`` pictures, within ``z`` seed-noise errors.
+          what: str = "the share", quiet: bool = False) -> float:  # fmt: skip
+    """Assert a claim about a share of ``n`` pictures only where its 95% confidence bound supports it.
+
+    "At most X" holds when the one-sided 95% upper bound (Clopper-Pearson) of the measured share is
+    ``<= X``; "at least X" when the lower bound is ``>= X``. A false claim (true share above X for
+    "at most") therefore passes less than 5% of the time, on any seeds; a true claim passes only
+    when enough pictures were drawn. Prints the measurement and the bound.
 
     Args:
-        measured: the share measured.
+        measured: the share measured (a count divided by ``n``).
         n: how many independent pictures it was measured on.
         at_most / at_least: the claim's bound (give one or both).
         what: the claim in words, for the message.
-        z: how many standard errors of slack (3: a claim that is true fails less than 0.2% of the time).
 
     Returns:
-        The margin used (``z`` standard errors).
+        The bound checked (the upper bound for ``at_most``, else the lower bound).
     """
     if at_most is None and at_least is None:
         raise ValueError("give at_most= or at_least=")
-    margin = z * noise(measured, n)
-    seen = f"{what}: measured {measured:.1%} on {n} pictures"
-    if at_most is not None and measured > at_most + margin:
-        raise AssertionError(f"{seen}, claimed at most {at_most:.0%} (noise margin {margin:.1%})")
-    if at_least is not None and measured < at_least - margin:
-        raise AssertionError(f"{seen}, claimed at least {at_least:.0%} (noise margin {margin:.1%})")
-    return margin
+    seen = f"{what}: measured {measured:.1%} of {n} pictures"
+    lines, bound = [], None
+    if at_least is not None:
+        bound = lo = lower_bound(measured, n)
+        if lo < at_least:
+            raise AssertionError(f"{seen}; 95% lower bound {lo:.1%} < {at_least:.0%} claimed: not supported")
+        lines.append(f"95% lower bound {lo:.1%} >= {at_least:.0%}")
+    if at_most is not None:
+        bound = hi = upper_bound(measured, n)
+        if hi > at_most:
+            raise AssertionError(f"{seen}; 95% upper bound {hi:.1%} > {at_most:.0%} claimed: not supported")
+        lines.append(f"95% upper bound {hi:.1%} <= {at_most:.0%}")
+    if not quiet:
+        print(f"✓ {seen}; " + "; ".join(lines))
+    return bound
 
 
-def differ(a: float, b: float, *, n_a: int, n_b: int, what: str = "the difference", z: float = 3.0) -> float:
-    """Assert that share ``a`` is larger than share ``b`` by more than seed noise; returns the margin."""
-    margin = z * math.sqrt(noise(a, n_a) ** 2 + noise(b, n_b) ** 2)
-    if a - b <= margin:
-        raise AssertionError(f"{what}: {a:.1%} vs {b:.1%} is within seed noise (margin {margin:.1%})")
-    return margin
+def differ(a: float, b: float, *, n_a: int, n_b: int, what: str = "the difference", quiet: bool = False) -> float:
+    """Assert that share ``a`` is larger than share ``b``: the 95% lower bound of ``a - b`` is above zero.
+
+    Uses :func:`difference_lower_bound` (Newcombe). Prints both shares and the bound; returns the bound.
+    """
+    lo = difference_lower_bound(a, b, n_a, n_b)
+    seen = f"{what}: {a:.1%} of {n_a} vs {b:.1%} of {n_b} pictures"
+    if lo <= 0:
+        raise AssertionError(f"{seen}; 95% lower bound of the difference {lo:+.1%} <= 0: not supported")
+    if not quiet:
+        print(f"✓ {seen}; 95% lower bound of the difference {lo:+.1%} > 0")
+    return lo
 
 
 # --------------------------------------------------------------------- exercises
@@ -159,3 +242,82 @@ def check_function(fn: Callable | None, reference: Callable, cases: list[tuple],
 def _short(args: tuple) -> str:
     parts = [f"{tuple(a.shape)}" if hasattr(a, "shape") else repr(a) for a in args]
     return "(" + ", ".join(parts) + ")"
+
+
+# ------------------------------------------------------------- predict, then measure
+def predict(prediction, measured, *, what: str = "your prediction", tol: float | None = None) -> bool | None:
+    """Compare a learner's prediction (written *before* measuring) with the measurement; never raises.
+
+    A prediction may be wrong: that is the point of writing it down first. Numbers match within ``tol``
+    (absolute; default 10% of the measurement's size, at least 0.05); words match after
+    ``str().strip().lower()``. Returns whether they matched, or None while either is missing.
+    """
+    if prediction is None:
+        print(f"(not answered yet: write your prediction for {what} first, then measure)")
+        return None
+    if measured is None:
+        print(f"(you predicted {prediction!r} for {what}; now measure it)")
+        return None
+    if isinstance(prediction, str) or isinstance(measured, str):
+        ok = str(prediction).strip().lower() == str(measured).strip().lower()
+        print(f"{what}: you predicted {prediction!r}, measured {measured!r}: " + ("as predicted." if ok else
+              "not as predicted. Which step of your reasoning does the measurement contradict?"))  # fmt: skip
+        return ok
+    p, m = float(prediction), float(measured)
+    t = tol if tol is not None else max(0.05, 0.1 * abs(m))
+    ok = abs(p - m) <= t
+    print(
+        f"{what}: you predicted {p:.3g}, measured {m:.3g} (off by {abs(p - m):.3g}; tolerance {t:.3g}): "
+        + ("as predicted." if ok else "not as predicted. Which step of your reasoning does it contradict?")
+    )
+    return ok
+
+
+def _colour_most_drawn(labels) -> tuple[str, str]:
+    from collections import Counter
+
+    return Counter(labels.colours).most_common(1)[0][0], "the guide tells the edited model what red looks like instead."
+
+
+# The exercises' expected answers live here, not in the learner's cell: key -> (context -> (answer, why)).
+ANSWERS: dict[str, Callable[..., tuple[object, str]]] = {
+    "01.4": lambda d: (np.zeros((1, d)), "N c = λc + c*‖c‖² = 0 for this guide, so M c = N A⁻¹ c = 0."),
+    "01.4b": lambda: (
+        "yes, no",
+        "W M x = W c needs c − M x in W's null space: the 3 × 4 toy has one; a full-column-rank stack does not.",
+    ),
+    "02.1": lambda tokenizer: (
+        tokenizer.convert_ids_to_tokens(tokenizer("a dog star").input_ids)[2],
+        "the tokenizer knows only its vocabulary's words; anything else is one unknown token.",
+    ),
+    "02.2": lambda nearest: (nearest["red"], "the encoder learned synonyms from captions alone."),
+    "07.1": lambda n: (1 - 0.05 ** (1 / n), "(1 − X)^n = 0.05 at the bound: X = 1 − 0.05^(1/n), about 3/n."),
+    "07.2": lambda: (0.0, "the mean of E(neutral_i) + v is the mean of E(named_i), by v's definition."),
+    "07.4": lambda: ("concept vector", "it adds a vector to the text encoder's output; the other two feed words."),
+    "08.1": lambda report: (report.rows["RECE"].attacks["concept_vector"], "a BenchRow's attacks dict, by name."),
+    "08.2": lambda u, r, n: (
+        difference_lower_bound(u, r, n, n),
+        "Newcombe's bound: (u − r) − sqrt((u − l_u)² + (u_r − r)²).",
+    ),
+    "08.3": lambda: (42, "a row without an evaluation_seed gets default_seed."),
+    "08.4": lambda: ("original", "the original model compared with its own pictures from other seeds."),
+    "03.1": lambda labels: _colour_most_drawn(labels),
+    "03.4": lambda: ("smaller", "λ pulls the new weights toward the current ones: M → I as λ grows."),
+    "04.1": lambda vocabulary, nearest: (vocabulary[int(nearest.indices[0])], "distances, not a 2-D picture, decide."),
+    "04.3": lambda: ("grow", "the surrogate trades the original's keys and values for the edited model's own."),
+    "05.3": lambda: ("worse", "a larger ridge term never fits better: the fit term is minimised over a smaller ball."),
+}
+
+
+def check_answer(key: str, answer, *, rtol: float = 1e-6, atol: float = 1e-8, **context) -> None:
+    """Check the answer to exercise ``key`` ("03.4") against the answer key; raises when it is wrong."""
+    if key not in ANSWERS:
+        raise KeyError(f"no exercise {key!r}; known: {', '.join(sorted(ANSWERS))}")
+    if answer is None:
+        print(f"(not answered yet: exercise {key})")
+        return
+    expected, why = ANSWERS[key](**context)
+    if isinstance(expected, str):
+        check_choice(answer, expected, what=f"exercise {key}", why=why)
+    else:
+        check_close(answer, expected, rtol=rtol, atol=atol, what=f"exercise {key}")
