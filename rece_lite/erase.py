@@ -34,8 +34,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
+from rece_lite import checks, export, files, layers
 from rece_lite import closed_form as cf
-from rece_lite import export, layers
 from rece_lite._version import __version__
 from rece_lite.files import save_tensors
 from rece_lite.pipeline import check_prompts, check_supported, encode, last_subject_index
@@ -68,6 +68,7 @@ class Patch:
     fingerprint: str
     metadata: dict[str, str] = field(default_factory=dict)
     map: torch.Tensor | None = None
+    witness: torch.Tensor | None = None  # checks.map_witness of the weights before the edit
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, dict) or not self.weights:
@@ -125,8 +126,8 @@ class Patch:
         """Write these weights into ``pipe``'s UNet (all or none), in each matrix's device and dtype."""
         unet = _unet(pipe, "Patch.apply")
         mods = layers.projections(unet)
-        fp = layers.fingerprint(unet)
-        if fp != self.fingerprint:
+        fp = layers.fingerprint(pipe if getattr(pipe, "unet", None) is unet else unet)
+        if not layers.same_model(fp, self.fingerprint):
             raise ValueError(
                 f"this patch was made for model {self.fingerprint}, not this one ({fp}): load the model it was made "
                 "for, or make a new patch on this one"
@@ -171,6 +172,8 @@ class Patch:
         relative error is returned and stored in the file; ``base`` (a snapshot from before the
         edit) makes it exact to float32 even when the edit's map is badly conditioned.
         """
+        if base is None and self.map is not None:
+            checks.check_stored_map(self)
         return export.to_lora(path, self.weights, self.map, rank=rank, base=base, fingerprint=self.fingerprint,
                               metadata=self.metadata)  # fmt: skip
 
@@ -184,6 +187,8 @@ class Patch:
         tensors = dict(self.weights)
         if self.map is not None:
             tensors[MAP_KEY] = self.map
+        if self.witness is not None:
+            tensors[checks.WITNESS_KEY] = self.witness
         try:
             text = json.dumps(self.metadata)
         except (TypeError, ValueError) as e:
@@ -203,6 +208,7 @@ class Patch:
             raise IsADirectoryError(f"{path} is a folder; Patch.load expects {expected}")
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; Patch.load expects {expected}")
+        files.check_regular_file(path)
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -221,10 +227,13 @@ class Patch:
         if not isinstance(metadata, dict):
             raise ValueError(f"{path}: its rece_lite.metadata is JSON but not an object ({type(metadata).__name__})")
         edit_map = tensors.pop(MAP_KEY, None)
+        witness = tensors.pop(checks.WITNESS_KEY, None)
         try:
-            return cls(tensors, meta["rece_lite.fingerprint"], metadata, edit_map)
+            patch = cls(tensors, meta["rece_lite.fingerprint"], metadata, edit_map, witness)
         except TypeError as e:
             raise TypeError(f"{path}: {e}") from e
+        checks.check_loaded_patch(patch, path)
+        return patch
 
 
 def _check_names(have: set[str], model: set[str], what: str) -> None:
@@ -297,7 +306,7 @@ def snapshot(pipe) -> Patch:
     mods = layers.projections(unet)
     return Patch(
         {n: m.weight.detach().clone() for n, m in mods.items()},
-        layers.fingerprint(unet),
+        layers.fingerprint(pipe if getattr(pipe, "unet", None) is unet else unet),
         {"kind": "snapshot"},
     )
 
@@ -305,7 +314,9 @@ def snapshot(pipe) -> Patch:
 def _apply_map(pipe, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
     """``W ← W · M`` for every K/V matrix; all new matrices are checked before any is written."""
     mods = layers.projections(pipe.unet)
-    fp = layers.fingerprint(pipe.unet)  # before the new weights exist: its scratch memory is free again
+    checks.no_unfused_lora(mods, "pipe")
+    fp = layers.fingerprint(pipe)  # before the new weights exist: its scratch memory is free again
+    witness = checks.map_witness({n: m.weight for n, m in mods.items()})
     new = {}
     cast: dict[tuple, torch.Tensor] = {}  # M in each (device, dtype) the matrices need, converted once
     for name, m in mods.items():
@@ -319,7 +330,7 @@ def _apply_map(pipe, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
     if bad is not None:
         raise cf.SolveError(f"{bad}: the edited weights overflow {new[bad].dtype} (nothing was changed)")
     _write(mods, new)
-    return Patch(new, fp, metadata, M.detach().to("cpu"))
+    return Patch(new, fp, metadata, M.detach().to("cpu"), witness)
 
 
 # ------------------------------------------------------------------------ embeddings
@@ -474,8 +485,8 @@ def _check_original(pipe, original: Patch | None) -> dict[str, torch.Tensor]:
         raise TypeError(
             f"original= must be a Patch (rl.snapshot(pipe) before the erasure), got {type(original).__name__}"
         )
-    fp = layers.fingerprint(pipe.unet)
-    if original.fingerprint != fp:
+    fp = layers.fingerprint(pipe)
+    if not layers.same_model(original.fingerprint, fp):
         raise ValueError(f"original= is a snapshot of model {original.fingerprint}, not of this one ({fp})")
     names = list(layers.projections(pipe.unet))
     _check_names(set(original.weights), set(names), "original=")
@@ -512,6 +523,7 @@ def derive_embedding(
         ``prompt_embeds=c[None]``.
     """
     check_supported(pipe)
+    checks.non_blank(concept, "concept"), checks.non_blank(old_target, "old_target")
     cf.check_derivation_settings(reg, reg_scale)
     orig = _check_original(pipe, original)
     d, dev = layers.embedding_width(pipe.unet), _work_device(pipe)

@@ -321,8 +321,12 @@ def load_pipeline(
             cls = _pipeline_class(index, model)
             # 2. Its weights, in the dtype asked for
             pipe = cls.from_pretrained(source, local_files_only=local or offline, dtype=dtype)
-    except (OSError, ValueError) as e:
-        if isinstance(e, _NotAnIndex):
+    except Exception as e:
+        if local and cls is not None and not isinstance(e, _NotAnIndex):
+            from rece_lite.checks import check_model_folder
+
+            check_model_folder(source, e)  # a ValueError naming the broken file, if one is found
+        if isinstance(e, _NotAnIndex) or not isinstance(e, (OSError, ValueError)):
             raise
         where = (
             "is not a folder in save_pretrained layout"
@@ -359,6 +363,7 @@ def encode(pipe: Pipeline, prompts: str | Sequence[str]) -> torch.Tensor:
     """
     _check_pipe(pipe, ("text_encoder", "tokenizer"))
     prompts = _prompt_list(prompts)
+    check_prompts(pipe, prompts, "prompts", check_length=False)  # unknown words would become <unk>
     if is_sdxl(pipe):
         embeds, _, _, _ = pipe.encode_prompt(
             list(prompts), device=pipe.text_encoder.device, do_classifier_free_guidance=False
