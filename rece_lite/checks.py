@@ -174,6 +174,19 @@ def check_model_folder(folder: str | os.PathLike, error: BaseException) -> None:
             ) from error
 
 
+def check_loaded_weights(pipe, folder: str | os.PathLike) -> None:
+    """A pipeline just loaded from ``folder``: refuse weights holding NaN or inf, naming the part's folder."""
+    for part in PARTS:
+        module = getattr(pipe, part, None)
+        if module is None:
+            continue
+        try:
+            finite_modules({part: module}, "")
+        except ValueError as e:
+            bad = str(e).split(": ")[1].split(" holds")[0]
+            raise ValueError(f"could not load {folder}: {Path(folder) / part} holds NaN or inf ({bad})") from None
+
+
 def _check_file(folder: Path, f: Path, error: BaseException) -> None:
     if f.suffix == ".json":
         try:

@@ -68,7 +68,7 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG,
                 errno.ENAMETOOLONG, errno.EMFILE, errno.ENFILE, errno.ENOTDIR, errno.EISDIR, errno.ENOENT,
                 errno.EEXIST, errno.ENOTEMPTY, errno.EXDEV, errno.EBUSY}  # fmt: skip
 # safetensors (Rust) reports I/O errors as text: "... Os { code: 28, kind: StorageFull, ... }"
-_RUST_OS_CODE = re.compile(r"Os \{ code: (\d+)")
+_RUST_OS_CODE = re.compile(r"Os \{ code: (\d+)|\(os error (\d+)\)")
 
 
 def write_errno(e: BaseException | None) -> int | None:
@@ -79,8 +79,8 @@ def write_errno(e: BaseException | None) -> int | None:
         if isinstance(code, int) and code in WRITE_ERRNOS:
             return code
         m = _RUST_OS_CODE.search(str(e))
-        if m and int(m.group(1)) in WRITE_ERRNOS:
-            return int(m.group(1))
+        if m and int(m.group(1) or m.group(2)) in WRITE_ERRNOS:
+            return int(m.group(1) or m.group(2))
         e = e.__cause__ or e.__context__
         seen += 1
     return None

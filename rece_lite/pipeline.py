@@ -342,6 +342,10 @@ def load_pipeline(
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
     check_supported(pipe)
+    if local:
+        from rece_lite.checks import check_loaded_weights
+
+        check_loaded_weights(pipe, source)  # NaN or inf in a file that loaded
     if tiny:
         pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)
