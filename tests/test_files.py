@@ -292,3 +292,25 @@ def test_killed_at_random_instants_the_target_is_always_whole(tmp_path, sig):
     with staged_dir(out, force=True) as tmp:
         (tmp / "f0").write_text("last")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_the_command_on_a_full_disk_prints_one_line_and_keeps_the_old_out(tmp_path):
+    """A file-size limit makes every write past 4 KB fail (EFBIG), as a full disk does (ENOSPC)."""
+    import resource
+
+    old = tmp_path / "x"
+    old.mkdir()
+    (old / "mine.txt").write_text("mine")
+
+    def full():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), HF_HUB_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-m", "rece_lite.cli", "erase", "--concept", "red", "--out", str(old),
+                          "--force", "--seeds", "1", "--steps", "1", "--method", "uce"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, preexec_fn=full, timeout=300)  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1] == f"rece-lite: error: cannot write --out {old}: File too large"
+    assert (old / "mine.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x"]
