@@ -60,6 +60,10 @@ class Patch:
             :func:`rece_erase`: the matrix ``M`` with ``weights == W_before · M`` (up to the
             weights' rounding), ``W_before`` the matrices it was applied to; for RECE the
             product of its edits. None for snapshots and edits that are no such map (ESD).
+        witness: ``W_before · X`` for two fixed random columns ``X`` (:func:`rece_lite.checks.map_witness`),
+            kept with the map so that a file's map is checked against its weights
+            (:func:`rece_lite.checks.check_map`); None for snapshots and hand-made patches.
+            Not part of equality.
 
     Two patches are equal when their fingerprints, metadata, weights and maps are.
     """
@@ -523,7 +527,8 @@ def derive_embedding(
         ``prompt_embeds=c[None]``.
     """
     check_supported(pipe)
-    checks.non_blank(concept, "concept"), checks.non_blank(old_target, "old_target")
+    checks.non_blank(concept, "concept")
+    checks.non_blank(old_target, "old_target")
     cf.check_derivation_settings(reg, reg_scale)
     orig = _check_original(pipe, original)
     d, dev = layers.embedding_width(pipe.unet), _work_device(pipe)
