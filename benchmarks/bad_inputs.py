@@ -18,7 +18,13 @@ A few probes are valid calls that the issue saw fail (``expect="ok"``): held whe
 succeed and give the right answer.  CLI and training probes run a subprocess and are
 refused before any work starts, except the few training runs marked as such (~20 s each).
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/bad_inputs.py            # all (~5 min on 2 cores)
+The fault categories (issue 22: ``full disk``, ``signals``, ``collisions``, ``model folders``,
+``foreign files``, ``recorders``) inject the fault into a subprocess where it must be real (a
+file-size limit for a full disk, SIGKILL/SIGINT/SIGTERM at seeded random instants, two processes
+at once) and check the target afterwards: the old one or the new one, whole, and nothing else
+once the next run into the same place has cleaned up.  ``signals`` and ``collisions`` take ~6 min.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/bad_inputs.py            # all (~15 min on 2 cores)
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/bad_inputs.py --only CLI  # one category
 """
 
