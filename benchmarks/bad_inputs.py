@@ -686,12 +686,13 @@ def register_api() -> None:
         ("paired=True with 2 seeds for 1 prompt", dict(paired=True, seeds=[0, 1]), "seed"),
         ("embeds of the wrong width", dict(prompts=None, embeds=lambda c: T(1, 16, c.d + 1)), "embeds"),
         ("embeds with NaN", dict(prompts=None, embeds=lambda c: T(1, 16, c.d, fill=math.nan)), "embeds"),
-        ("embeds=a list", dict(prompts=None, embeds=lambda c: [T(16, c.d)]), "embeds"),
         ("pooled= on an SD 1.x model", dict(prompts=None, embeds=lambda c: T(1, 16, c.d), pooled=lambda c: T(1, 8)),
          "pooled"),
         ("pipe=None", dict(pipe=None), ("pipe", "pipeline")),
     ]:
         add(cat, f"sample {label}", smp(**kw), names)
+    # a list of (T, d) embeddings is their stack (tests/test_bad_inputs.py): valid
+    add(cat, "sample embeds=a list (valid)", smp(prompts=None, embeds=lambda c: [T(16, c.d)]), expect="ok")
 
     for label, value, names in [("None", None, "prompts"), ("3", 3, "prompt"), ("[]", [], "prompts"),
                                 ("an unknown word", "zorblax", "zorblax"), ("a long prompt", long_prompt(), "prompt"),

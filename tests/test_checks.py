@@ -118,6 +118,11 @@ def test_encode_refuses_words_the_tokenizer_does_not_know(pipe):
     assert rl.encode(pipe, "a red circle").shape[0] == 1
 
 
+def test_encode_refuses_a_prompt_longer_than_the_text_encoder_reads(pipe):
+    with pytest.raises(ValueError, match="tokens long"):
+        rl.encode(pipe, " ".join(["a red circle next to a blue square"] * 4))
+
+
 # ------------------------------------------------------------------------ model folders
 def _corrupt(tmp_path, how):
     folder = tmp_path / "m"
