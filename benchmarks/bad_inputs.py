@@ -18,7 +18,13 @@ A few probes are valid calls that the issue saw fail (``expect="ok"``): held whe
 succeed and give the right answer.  CLI and training probes run a subprocess and are
 refused before any work starts, except the few training runs marked as such (~20 s each).
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/bad_inputs.py            # all (~5 min on 2 cores)
+The fault categories (issue 22: ``full disk``, ``signals``, ``collisions``, ``model folders``,
+``foreign files``, ``recorders``) inject the fault into a subprocess where it must be real (a
+file-size limit for a full disk, SIGKILL/SIGINT/SIGTERM at seeded random instants, two processes
+at once) and check the target afterwards: the old one or the new one, whole, and nothing else
+once the next run into the same place has cleaned up.  ``signals`` and ``collisions`` take ~6 min.
+
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/bad_inputs.py            # all (~15 min on 2 cores)
     HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 python benchmarks/bad_inputs.py --only CLI  # one category
 """
 
@@ -680,12 +686,13 @@ def register_api() -> None:
         ("paired=True with 2 seeds for 1 prompt", dict(paired=True, seeds=[0, 1]), "seed"),
         ("embeds of the wrong width", dict(prompts=None, embeds=lambda c: T(1, 16, c.d + 1)), "embeds"),
         ("embeds with NaN", dict(prompts=None, embeds=lambda c: T(1, 16, c.d, fill=math.nan)), "embeds"),
-        ("embeds=a list", dict(prompts=None, embeds=lambda c: [T(16, c.d)]), "embeds"),
         ("pooled= on an SD 1.x model", dict(prompts=None, embeds=lambda c: T(1, 16, c.d), pooled=lambda c: T(1, 8)),
          "pooled"),
         ("pipe=None", dict(pipe=None), ("pipe", "pipeline")),
     ]:
         add(cat, f"sample {label}", smp(**kw), names)
+    # a list of (T, d) embeddings is their stack (tests/test_bad_inputs.py): valid
+    add(cat, "sample embeds=a list (valid)", smp(prompts=None, embeds=lambda c: [T(16, c.d)]), expect="ok")
 
     for label, value, names in [("None", None, "prompts"), ("3", 3, "prompt"), ("[]", [], "prompts"),
                                 ("an unknown word", "zorblax", "zorblax"), ("a long prompt", long_prompt(), "prompt"),
@@ -1334,9 +1341,619 @@ def register_fingerprint() -> None:
 
 
 # ============================================================================== main
+# ============================================================================== faults (issue 22)
+# Full disks, signals at random points of every write, two processes on one output, corrupt copies of
+# the model folder, files from other models, recorders misused.  Subprocesses get the fault; a probe
+# passes (held) when the old target is whole or the new one is, the error is one line naming the path
+# and its cause, and nothing is left behind (the next run into the same place cleans a killed one's).
+
+def pyrun(ctx: Ctx, code: str, timeout: float = 60, fsize: int | None = None, wait: bool = True):
+    """Run ``code`` in a fresh Python (this checkout's rece_lite); ``fsize``: RLIMIT_FSIZE, a disk that fills."""
+    import resource
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TMPDIR=str(ctx.systmp),
+               TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))  # fmt: skip
+
+    def limit():
+        if fsize is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+
+    proc = subprocess.Popen([PY, "-c", code] if isinstance(code, str) else code, cwd=ctx.tmp, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=limit)  # fmt: skip
+    if not wait:
+        return proc
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, None, out, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def api_call(call: str) -> str:
+    """Code for pyrun: ``call`` with ``rl`` imported; an exception is printed as one line (type: message)."""
+    catch = "except Exception as e:\n    sys.exit(f'{type(e).__name__}: {e}')"
+    return f"import sys, rece_lite as rl\ntry:\n    {call}\n" + catch
+
+
+def one_line_refusal(res, what: str) -> None:
+    """Like expect_refusal, but an I/O failure must be one line (no traceback) naming its cause."""
+    expect_refusal(res, what)
+
+
+def only(ctx: Ctx, *names: str) -> None:
+    """Nothing but ``names`` may be in the probe's folder (hidden temp files and folders included)."""
+    extra = sorted(p.name for p in ctx.tmp.iterdir() if p.name not in names)
+    if extra:
+        raise Broken(f"left behind: {extra[:4]}")
+
+
+def clear(ctx: Ctx) -> None:
+    for q in list(ctx.tmp.iterdir()):
+        shutil.rmtree(q, ignore_errors=True) if q.is_dir() else q.unlink()
+
+
+def tiny_erase_args(out: str = "x", *extra: str) -> list[str]:
+    return [PY, "-m", "rece_lite.cli", "erase", "--concept", "red", "--out", out, "--seeds", "1", "--steps", "1",
+            "--method", "uce", *extra]  # fmt: skip
+
+
+def register_disk() -> None:
+    import rece_lite as rl
+
+    cat = "full disk"
+
+    def cli_full(ctx):
+        res = pyrun(ctx, tiny_erase_args("outdir"), timeout=120, fsize=4096)
+        if res.returncode == 0:
+            raise Weak("erase succeeded although no file over 4 KB could be written")
+        one_line_refusal(res, "rece-lite erase on a full disk")
+
+    add(cat, "rece-lite erase, the disk fills (RLIMIT_FSIZE 4 KB): one line, nothing left", cli_full, "outdir",
+        limit=150)  # fmt: skip
+
+    def cli_full_force(ctx):
+        (ctx.tmp / "outdir").mkdir()
+        (ctx.tmp / "outdir" / "mine.txt").write_text("mine")
+        ctx.arm()
+        res = pyrun(ctx, tiny_erase_args("outdir", "--force"), timeout=120, fsize=4096)
+        if (ctx.tmp / "outdir" / "mine.txt").read_text() != "mine":
+            raise Broken("the old --out was lost when the disk filled")
+        one_line_refusal(res, "rece-lite erase --force on a full disk")
+
+    add(cat, "rece-lite erase --force, the disk fills: the old --out survives", cli_full_force, "outdir", limit=150)
+
+    def train_full(ctx):
+        res = pyrun(ctx, [PY, "-m", "rece_lite.tiny.train", "--out", str(ctx.tmp / "outdir"), "--work",
+                          str(ctx.tmp / "workdir_x"), *TRAIN_BASE], timeout=120, fsize=4096)  # fmt: skip
+        clear(ctx)  # resumable state of a refused run is judged by the message, not as a leftover
+        one_line_refusal(res, "training on a full disk")
+
+    add(cat, "training, the disk fills: one line naming the file", train_full, ("workdir_x", "outdir"), limit=150)
+
+    def inject(exc_text: str, target: str):
+        def fn(ctx):
+            import safetensors.torch as stt
+            from safetensors import SafetensorError
+
+            real = stt.save_file
+
+            def failing(tensors, filename, metadata=None):
+                Path(filename).write_bytes(b"half a file")
+                raise SafetensorError(exc_text) if "Os {" in exc_text else OSError(28, exc_text)
+
+            snap = rl.snapshot(ctx.pipe)
+            path = ctx.tmp / "pp.safetensors"
+            path.write_bytes(b"old")
+            ctx.arm()
+            stt.save_file = failing
+            try:
+                if target == "save":
+                    snap.save(path)
+                elif target == "lora":
+                    patch = rl.uce_erase(ctx.pipe, "red")
+                    snap.apply(ctx.pipe)
+                    ctx.arm()
+                    patch.to_lora(path, base=snap)
+            finally:
+                stt.save_file = real
+                if path.read_bytes() != b"old":
+                    raise Broken("the existing file was overwritten by a failed write")
+
+        return fn
+
+    rust = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+    add(cat, "Patch.save, safetensors reports a full disk", inject(rust, "save"), "pp.safetensors")
+    add(cat, "Patch.to_lora, the disk fills", inject("No space left on device", "lora"), "pp.safetensors")
+
+    def pretrained_full(ctx):
+        out = ctx.tmp / "saved"
+        out.mkdir()
+        (out / "mine.txt").write_text("mine")
+        real = type(ctx.pipe).save_pretrained
+
+        def failing(self, folder, **kw):
+            Path(folder, "half.bin").write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+
+        ctx.arm()
+        type(ctx.pipe).save_pretrained = failing
+        try:
+            rl.save_pretrained(ctx.pipe, out, force=True)
+        finally:
+            type(ctx.pipe).save_pretrained = real
+            if (out / "mine.txt").read_text() != "mine" or len(list(out.iterdir())) != 1:
+                raise Broken("the old folder was changed by a failed save_pretrained")
+
+    add(cat, "save_pretrained(force=True), the disk fills: the old folder survives", pretrained_full, "saved")
+
+
+_LOOP_DIR = """
+import sys
+from rece_lite.files import staged_dir
+out, version = sys.argv[1], sys.argv[2]
+print("start", flush=True)
+while True:
+    with staged_dir(out, force=True) as tmp:
+        for i in range(20):
+            (tmp / f"f{i}").write_text(version * 200)
+"""
+_LOOP_FILE = """
+import sys, torch
+from rece_lite.files import save_tensors
+out, version = sys.argv[1], int(sys.argv[2])
+print("start", flush=True)
+while True:
+    save_tensors({"w": torch.full((20000,), float(version))}, out)
+"""
+
+
+def register_signals() -> None:
+    import random
+
+    cat = "signals"
+
+    def killed_loop(kind: str, sig: int, rounds: int = 10):
+        def fn(ctx):
+            import torch
+            from safetensors.torch import load_file
+
+            rng = random.Random(f"{kind}{sig}")
+            out = ctx.tmp / ("run" if kind == "dir" else "w.safetensors")
+            for k in range(rounds):
+                proc = pyrun(ctx, [PY, "-c", _LOOP_DIR if kind == "dir" else _LOOP_FILE, str(out), str(k % 9 + 1)],
+                             wait=False)  # fmt: skip
+                proc.stdout.readline()
+                time.sleep(rng.uniform(0.0, 0.2))
+                proc.send_signal(sig)
+                proc.communicate(timeout=30)
+                if kind == "dir":
+                    if out.exists():
+                        texts = {p.read_text() for p in out.iterdir()}
+                        if len(texts) != 1 or len(list(out.iterdir())) != 20:
+                            raise Broken(f"kill {k}: --out is a partial folder")
+                    elif k > 0:
+                        raise Broken(f"kill {k}: the folder is gone (killed mid-replace)")
+                elif out.exists():
+                    w = load_file(out)["w"]
+                    if w.shape != (20000,) or not torch.all(w == w[0]):
+                        raise Broken(f"kill {k}: the file is partial")
+            # the next run into the same place cleans up what the killed ones left
+            res = pyrun(ctx, [PY, "-c", (_LOOP_DIR if kind == "dir" else _LOOP_FILE).replace("while True", "if 1"),
+                              str(out), "0"])  # fmt: skip
+            if res.returncode != 0:
+                raise Broken(f"the run after the kills failed: {last_line(res.stderr)}")
+            only(ctx, out.name)
+            clear(ctx)
+
+        return fn
+
+    for sig, label in ((signal.SIGKILL, "SIGKILL"), (signal.SIGINT, "SIGINT"), (signal.SIGTERM, "SIGTERM")):
+        add(cat, f"{label} at random points of forced folder replaces (10x; whole, then cleaned)",
+            killed_loop("dir", sig), expect="ok", limit=120)  # fmt: skip
+        add(cat, f"{label} at random points of safetensors writes (10x; whole, then cleaned)",
+            killed_loop("file", sig), expect="ok", limit=120)  # fmt: skip
+
+    def cli_killed(sig: int, label: str):
+        def fn(ctx):
+            rng = random.Random(label)
+            old = ctx.tmp / "x"
+            old.mkdir()
+            (old / "mine.txt").write_text("mine")
+            for k in range(3):
+                proc = pyrun(ctx, tiny_erase_args("x", "--force"), wait=False)
+                time.sleep(rng.uniform(1.0, 10.0))
+                proc.send_signal(sig)
+                proc.communicate(timeout=60)
+                if not old.exists():
+                    raise Broken(f"kill {k}: --out is gone")
+                names = {p.name for p in old.iterdir()}
+                if names != {"mine.txt"} and "patch.safetensors" not in names:
+                    raise Broken(f"kill {k}: --out is partial: {sorted(names)[:4]}")
+            res = pyrun(ctx, tiny_erase_args("x", "--force"), timeout=120)
+            if res.returncode != 0:
+                raise Broken(f"the run after the kills failed: {last_line(res.stderr)}")
+            only(ctx, "x")
+            clear(ctx)
+
+        return fn
+
+    add(cat, "rece-lite erase --force killed (SIGKILL) 3x at random: --out whole, next run cleans",
+        cli_killed(signal.SIGKILL, "kill"), expect="ok", limit=200)  # fmt: skip
+    add(cat, "rece-lite erase --force interrupted (SIGINT) 3x at random: --out whole, next run cleans",
+        cli_killed(signal.SIGINT, "int"), expect="ok", limit=200)  # fmt: skip
+
+
+_WRITER_ONCE = """
+import sys, time
+from rece_lite.files import staged_dir
+with staged_dir(sys.argv[1], force=sys.argv[2] == "1") as tmp:
+    time.sleep(1.0)
+    (tmp / "who").write_text(sys.argv[3])
+"""
+
+
+def register_collisions() -> None:
+    cat = "collisions"
+
+    def two_writers(force: bool):
+        def fn(ctx):
+            out = ctx.tmp / "shared"
+            procs = [pyrun(ctx, [PY, "-c", _WRITER_ONCE, str(out), "1" if force else "0", str(i)], wait=False)
+                     for i in range(2)]  # fmt: skip
+            codes = [p.wait(timeout=60) for p in procs]
+            errs = [p.stderr.read() for p in procs]
+            if not (out / "who").exists():
+                raise Broken(f"neither writer's folder is there (exits {codes})")
+            if not force and sorted(codes) != [0, 1]:
+                raise Broken(f"two writers without force: exits {codes}, want one success and one refusal")
+            if not force and not any("appeared" in e or "already exists" in e for e in errs):
+                raise Weak(f"the refused writer's message is unclear: {[last_line(e) for e in errs]}")
+            only(ctx, "shared")
+            clear(ctx)
+
+        return fn
+
+    add(cat, "two writers into one new folder, without force: one wins, one refused", two_writers(False),
+        expect="ok", limit=90)  # fmt: skip
+    add(cat, "two forced writers into one folder: one whole result, nothing else", two_writers(True), expect="ok",
+        limit=90)  # fmt: skip
+
+    def appears_during_cli(ctx):
+        proc = pyrun(ctx, tiny_erase_args("x"), wait=False)
+        deadline = time.time() + 60
+        while time.time() < deadline and not any(p.name.startswith(".x") for p in ctx.tmp.iterdir()):
+            time.sleep(0.05)
+        (ctx.tmp / "x").mkdir()
+        (ctx.tmp / "x" / "mine.txt").write_text("mine")
+        out, err = proc.communicate(timeout=120)
+        if (ctx.tmp / "x" / "mine.txt").read_text() != "mine" or len(list((ctx.tmp / "x").iterdir())) != 1:
+            raise Broken("a folder made at --out during the run was replaced without --force")
+        only(ctx, "x")
+        clear(ctx)
+        expect_refusal(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), "erase")
+
+    add(cat, "a folder made at --out during rece-lite erase (no --force) is kept", appears_during_cli,
+        ("--force", "x"), limit=150)  # fmt: skip
+
+    def two_cli(ctx):
+        procs = [pyrun(ctx, tiny_erase_args("x"), wait=False) for _ in range(2)]
+        res = [p.communicate(timeout=150) for p in procs]
+        codes = sorted(p.returncode for p in procs)
+        if codes[0] != 0 or codes[1] == 0:
+            raise Broken(f"two rece-lite erase --out x at once: exits {codes}")
+        line = last_line(next(e for (o, e), p in zip(res, procs) if p.returncode))
+        if "Traceback" in "".join(e for _, e in res):
+            raise Weak(f"traceback: {line}")
+        only(ctx, "x")
+        clear(ctx)
+        if "--force" not in line:
+            raise Weak(f"the refusal does not say what to do: {line}")
+
+    add(cat, "two rece-lite erase --out x at once: one result, one clear refusal", two_cli, expect="ok", limit=200)
+
+    def train_existing(ctx):
+        (ctx.tmp / "runs").mkdir()
+        (ctx.tmp / "runs" / "mine.txt").write_text("mine")
+        ctx.arm()
+        res = train(ctx, timeout=120, out="runs", work="workdir_x")
+        mine = (ctx.tmp / "runs" / "mine.txt").exists()
+        shutil.rmtree(ctx.tmp / "workdir_x", ignore_errors=True)
+        if not mine:
+            shutil.rmtree(ctx.tmp / "runs", ignore_errors=True)
+            raise Broken("train --out an existing folder without --force deleted the user's files")
+        expect_refusal(res, "train --out an existing folder")
+
+    add(cat, "train --out an existing folder of the user's without --force", train_existing, ("--force", "runs"),
+        limit=150)  # fmt: skip
+
+
+def register_folders() -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import rece_lite as rl
+
+    cat = "model folders"
+
+    def truncate(rel):
+        def f(folder):
+            p = folder / rel
+            p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+        return f
+
+    def empty(rel):
+        return lambda folder: (folder / rel).write_bytes(b"")
+
+    def config(rel, key, value):
+        def f(folder):
+            p = folder / rel
+            c = json.loads(p.read_text())
+            c[key] = value(c[key]) if callable(value) else value
+            p.write_text(json.dumps(c))
+
+        return f
+
+    def nan_weights(rel):
+        def f(folder):
+            p = folder / rel
+            t = load_file(p)
+            k = sorted(t)[0]
+            t[k] = t[k].clone()
+            t[k].view(-1)[0] = math.nan
+            save_file(t, str(p), metadata={"format": "pt"})
+
+        return f
+
+    cases = {
+        "a truncated tokenizer.json": (truncate("tokenizer/tokenizer.json"), "tokenizer.json"),
+        "a truncated text_encoder/model.safetensors": (truncate("text_encoder/model.safetensors"), "model.safetensors"),
+        "a truncated unet weights file": (truncate("unet/diffusion_pytorch_model.safetensors"),
+                                          "diffusion_pytorch_model.safetensors"),
+        "an empty vae weights file": (empty("vae/diffusion_pytorch_model.safetensors"),
+                                      "diffusion_pytorch_model.safetensors"),
+        "a text_encoder config with another hidden_size": (config("text_encoder/config.json", "hidden_size",
+                                                                  lambda v: 2 * v), "text_encoder"),
+        "a unet config with another cross_attention_dim": (config("unet/config.json", "cross_attention_dim",
+                                                                  lambda v: v + 8), "unet"),
+        "a unet config that is not JSON": (lambda f: (f / "unet/config.json").write_text("{nope"), "config.json"),
+        "no text_encoder folder": (lambda f: shutil.rmtree(f / "text_encoder"), "text_encoder"),
+        "a truncated model_index.json": (truncate("model_index.json"), "model_index.json"),
+        "NaN in the unet weights": (nan_weights("unet/diffusion_pytorch_model.safetensors"), ("unet", "nan")),
+    }
+    for label, (corrupt, names) in cases.items():
+        def fn(ctx, corrupt=corrupt):
+            folder = ctx.tmp / "model"
+            shutil.copytree(rl.paths.tiny_path(), folder)
+            corrupt(folder)
+            ctx.arm()
+            rl.load_pipeline(folder, device="cpu")
+
+        add(cat, f"load_pipeline of a copy with {label}", fn, names)
+
+    def cli_corrupt(ctx):
+        folder = ctx.tmp / "model"
+        shutil.copytree(rl.paths.tiny_path(), folder)
+        truncate("text_encoder/model.safetensors")(folder)
+        ctx.arm()
+        cli(ctx, "erase", "--model", str(folder), "--concept", "red", "--out", "x", "--seeds", "1", "--steps", "1",
+            timeout=90)  # fmt: skip
+
+    add(cat, "rece-lite erase --model a copy with a truncated text encoder", cli_corrupt, "model.safetensors",
+        limit=120)  # fmt: skip
+    del torch
+
+
+def register_foreign() -> None:
+    import torch
+
+    import rece_lite as rl
+
+    cat = "foreign files"
+
+    def other_text_encoder(ctx):
+        """The embedded UNet with another (random) text encoder of the same shape."""
+        other = other_pipe(1)
+        other.unet.load_state_dict(ctx.pristine["unet"])
+        return other
+
+    def patch_other_te(ctx):
+        p = ctx.tmp / "te.safetensors"
+        rl.uce_erase(other_text_encoder(ctx), "red").save(p)
+        ctx.arm()
+        rl.Patch.load(p).apply(ctx.pipe)
+
+    add(cat, "a patch made with another text encoder, applied", patch_other_te, "model")
+
+    def original_other_te(ctx):
+        snap = rl.snapshot(other_text_encoder(ctx))
+        ctx.arm()
+        rl.rece_erase(ctx.pipe, "red", epochs=1, original=snap, already_edited=True)
+
+    add(cat, "rece_erase original= a snapshot with another text encoder", original_other_te, ("original", "model"))
+
+    def edits(ctx):
+        snap = rl.snapshot(ctx.pipe)
+        red = rl.uce_erase(ctx.pipe, "red")
+        snap.apply(ctx.pipe)
+        blue = rl.uce_erase(ctx.pipe, "blue")
+        snap.apply(ctx.pipe)
+        return snap, red, blue
+
+    def mixed_file(ctx):
+        _, red, blue = edits(ctx)
+        p = ctx.tmp / "mixed.safetensors"
+        rl.Patch(red.weights, red.fingerprint, red.metadata, blue.map, getattr(red, "witness", None)).save(p) \
+            if "witness" in rl.Patch.__dataclass_fields__ else rl.Patch(red.weights, red.fingerprint, red.metadata,
+                                                                        blue.map).save(p)  # fmt: skip
+        ctx.arm()
+        out = rl.Patch.load(p).to_lora(ctx.tmp / "lora.safetensors")
+        (ctx.tmp / "lora.safetensors").unlink()
+        raise Broken(f"a LoRA from another edit's map was written, reporting error {out.error:.2g}")
+
+    add(cat, "a patch file whose stored map is another edit's, to_lora without base", mixed_file,
+        ("mixed.safetensors", "map", "base"))  # fmt: skip
+
+    def by_hand(ctx):
+        _, red, blue = edits(ctx)
+        ctx.arm()
+        out = rl.Patch(red.weights, red.fingerprint, red.metadata, blue.map).to_lora(ctx.tmp / "lora.safetensors")
+        (ctx.tmp / "lora.safetensors").unlink()
+        raise Broken(f"a LoRA from another edit's map was written, reporting error {out.error:.2g}")
+
+    add(cat, "a hand-made patch with another edit's map, to_lora without base", by_hand, ("map", "base"))
+
+    def base_inf(ctx):
+        snap, red, _ = edits(ctx)
+        w = {n: t.clone() for n, t in snap.weights.items()}
+        w[sorted(w)[0]][0, 0] = math.inf
+        ctx.arm()
+        red.to_lora(ctx.tmp / "lora.safetensors", base=rl.Patch(w, snap.fingerprint))
+        lora = ctx.tmp / "lora.safetensors"
+        from safetensors.torch import load_file
+
+        bad = any(not torch.isfinite(t).all() for t in load_file(lora).values())
+        lora.unlink()
+        raise Broken("to_lora wrote a LoRA holding inf") if bad else Weak("accepted a base holding inf")
+
+    add(cat, "to_lora(base=) a base holding inf", base_inf, "base")
+
+    def fifo(ctx):
+        p = ctx.tmp / "fifo.safetensors"
+        os.mkfifo(p)
+        res = pyrun(ctx, api_call(f"rl.Patch.load({str(p)!r})"), timeout=40)
+        p.unlink()
+        if res.returncode is None:
+            raise Broken("Patch.load blocked on a FIFO (killed after 40 s)")
+        expect_refusal(res, "Patch.load of a FIFO")
+
+    add(cat, "Patch.load of a FIFO (subprocess)", fifo, "fifo.safetensors", limit=60)
+
+    def dev_zero(ctx):
+        p = ctx.tmp / "zero.safetensors"
+        p.symlink_to("/dev/zero")
+        ctx.arm()
+        res = pyrun(ctx, api_call(f"rl.Patch.load({str(p)!r})"), timeout=40)
+        if res.returncode is None:
+            raise Broken("Patch.load of /dev/zero did not return in 40 s")
+        expect_refusal(res, "Patch.load of /dev/zero")
+
+    add(cat, "Patch.load of a symlink to /dev/zero (subprocess)", dev_zero, "zero.safetensors", limit=60)
+
+    def lora_as_patch(ctx):
+        snap, red, _ = edits(ctx)
+        p = ctx.tmp / "lora.safetensors"
+        red.to_lora(p, base=snap)
+        ctx.arm()
+        rl.Patch.load(p)
+
+    add(cat, "a LoRA file given to Patch.load", lora_as_patch, ("lora.safetensors", "patch"))
+
+    def nan_pipeline(ctx):
+        with torch.no_grad():
+            ctx.pipe.unet.conv_in.weight[0, 0, 0, 0] = math.nan
+        ctx.arm()
+        rl.save_pretrained(ctx.pipe, ctx.tmp / "saved")
+
+    add(cat, "save_pretrained of a pipeline holding NaN", nan_pipeline, ("nan", "conv_in"))
+    add(cat, "save_pretrained(pipe, '')", lambda ctx: rl.save_pretrained(ctx.pipe, ""), "folder")
+
+    def blank_concept(ctx):
+        snap = rl.snapshot(ctx.pipe)
+        rl.uce_erase(ctx.pipe, "red")
+        ctx.arm()
+        rl.derive_embedding(ctx.pipe, "   ", original=snap)
+
+    add(cat, "derive_embedding(pipe, '   ')", blank_concept, "concept")
+    add(cat, "encode of a word the tokenizer does not know", lambda ctx: rl.encode(ctx.pipe, "a zorblax"), "zorblax")
+
+    def unfused_lora(ctx):
+        snap, red, _ = edits(ctx)
+        p = ctx.tmp / "lora.safetensors"
+        red.to_lora(p, base=snap)
+        pipe = tiny_copy(ctx)
+        pipe.load_lora_weights(str(p))
+        ctx.watch(pipe.unet)
+        ctx.arm()
+        rl.uce_erase(pipe, "blue")
+
+    add(cat, "uce_erase on a pipeline with an unfused LoRA", unfused_lora, "lora")
+
+
+def register_recorders() -> None:
+    import contextlib as cl
+
+    import rece_lite as rl
+
+    cat = "recorders"
+
+    def out_of_order(ctx):
+        a, b = rl.record_attention(ctx.pipe), rl.record_attention(ctx.pipe)
+        a.__enter__()
+        b.__enter__()
+        ctx.pipe("a red circle", num_inference_steps=2)
+        a.__exit__(None, None, None)
+        b.__exit__(None, None, None)
+
+    add(cat, "two recorders exited out of order (processors and hooks must go)", out_of_order, expect="ok")
+
+    def exit_stacks(ctx):
+        stacks = [cl.ExitStack() for _ in range(3)]
+        for s in stacks:
+            s.enter_context(rl.record_attention(ctx.pipe))
+        for i in (1, 0, 2):
+            stacks[i].close()
+
+    add(cat, "three recorders in ExitStacks closed 1, 0, 2", exit_stacks, expect="ok")
+
+    def reenter(ctx):
+        r = rl.record_attention(ctx.pipe)
+        with r, r:
+            pass
+
+    add(cat, "one recorder re-entered (with r: with r:)", reenter, ("recorder", "record_attention"))
+
+    def reuse(ctx):
+        r = rl.record_attention(ctx.pipe)
+        with r:
+            ctx.pipe("a red circle", num_inference_steps=2)
+        with r:
+            pass
+
+    add(cat, "one recorder used for a second block", reuse, ("recorder", "record_attention"))
+
+    def other_prompt(ctx):
+        with rl.record_attention(ctx.pipe) as store:
+            ctx.pipe("a red circle", num_inference_steps=2)
+        store.word_map("blue", prompt="a blue square")
+
+    add(cat, "store.word_map with a prompt that was not recorded", other_prompt, "prompt")
+
+    def inner_fails(ctx):
+        with rl.record_attention(ctx.pipe):
+            with rl.record_attention(ctx.pipe):
+                ctx.pipe("a red circle", num_inference_steps=2)
+                raise ValueError("boom in the inner block")
+
+    add(cat, "an error inside nested recorders (all processors back)", inner_fails, "boom")
+
+    def generator_left_open(ctx):
+        r = rl.record_attention(ctx.pipe)
+        r.__enter__()
+        ctx.pipe("a red circle", num_inference_steps=1)
+        r.__exit__(ValueError, ValueError("x"), None)
+
+    add(cat, "a recorder exited with an exception passed by hand", generator_left_open, expect="ok")
+
+
 REGISTER = {"API": register_api, "Patch files": register_files, "CLI": register_cli, "load_pipeline": register_load,
             "record_attention": register_record, "training": register_training,
-            "fingerprint": register_fingerprint}  # fmt: skip
+            "fingerprint": register_fingerprint, "full disk": register_disk, "signals": register_signals,
+            "collisions": register_collisions, "model folders": register_folders, "foreign files": register_foreign,
+            "recorders": register_recorders}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,8 +33,8 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from rece_lite import checks, layers
 from rece_lite import closed_form as cf
-from rece_lite import layers
 from rece_lite._version import __version__
 from rece_lite.errors import InputError
 from rece_lite.loading import check_supported
@@ -65,7 +65,7 @@ class Target:
         width: d, the width of the embedding they act on.
         device: where the edit's math runs: the K/V weights' device, or the CPU if it lacks
             float64 (:func:`rece_lite.closed_form.solve_device`).
-        fingerprint: :func:`rece_lite.layers.fingerprint` of the model (it leaves the K/V
+        fingerprint: :func:`rece_lite.layers.fingerprint` of the pipeline, UNet and text encoder (it leaves the K/V
             weights out, so an edit does not change it).
     """
 
@@ -81,7 +81,7 @@ class Target:
         unet = pipe.unet
         modules = layers.projections(unet)
         device = cf.solve_device(next(iter(modules.values())).weight.device)
-        return cls(pipe, modules, layers.embedding_width(unet), device, layers.fingerprint(unet))
+        return cls(pipe, modules, layers.embedding_width(unet), device, layers.fingerprint(pipe))
 
     def weights(self) -> list[torch.Tensor]:
         return [m.weight for m in self.modules.values()]
@@ -89,6 +89,8 @@ class Target:
 
 def _apply_map(target: Target, M: torch.Tensor, metadata: dict[str, str]) -> Patch:
     """``W ← W · M`` for every K/V matrix; all new matrices are checked before any is written."""
+    checks.no_unfused_lora(target.modules, "pipe")
+    witness = checks.map_witness({n: m.weight for n, m in target.modules.items()})
     new = {}
     cast: dict[tuple, torch.Tensor] = {}  # M in each (device, dtype) the matrices need, converted once
     for name, m in target.modules.items():
@@ -102,7 +104,7 @@ def _apply_map(target: Target, M: torch.Tensor, metadata: dict[str, str]) -> Pat
     if bad is not None:
         raise cf.SolveError(f"{bad}: the edited weights overflow {new[bad].dtype} (nothing was changed)")
     _write(target.modules, new)
-    return Patch(new, target.fingerprint, metadata, M.detach().to("cpu"))
+    return Patch(new, target.fingerprint, metadata, M.detach().to("cpu"), witness)
 
 
 # ------------------------------------------------------------------------ embeddings
@@ -252,7 +254,7 @@ def _check_original(target: Target, original: Patch | None) -> dict[str, torch.T
             f"original= must be a Patch (rl.snapshot(pipe) before the erasure), got {type(original).__name__}"
         )
     fp = target.fingerprint
-    if original.fingerprint != fp:
+    if not layers.same_model(original.fingerprint, fp):
         raise InputError(f"original= is a snapshot of model {original.fingerprint}, not of this one ({fp})")
     names = list(target.modules)
     _check_names(set(original.weights), set(names), "original=")
@@ -289,6 +291,8 @@ def derive_embedding(
         ``prompt_embeds=c[None]``.
     """
     target = Target.of(pipe)
+    checks.non_blank(concept, "concept")
+    checks.non_blank(old_target, "old_target")
     cf.check_derivation_settings(reg, reg_scale)
     orig = _check_original(target, original)
     dev, mods = target.device, target.modules

@@ -180,7 +180,7 @@ def esd_erase(
     # 4. the result as a patch, like every other edit here
     trained = "attn2.to_k, attn2.to_v"
     meta = edit_metadata("esd-x", eta=eta, steps=steps, lr=lr, batch=batch, prompts=list(prompts), trained=trained)
-    patch = Patch({name: m.weight.detach().clone() for name, m in mods.items()}, layers.fingerprint(unet), meta)
+    patch = Patch({name: m.weight.detach().clone() for name, m in mods.items()}, layers.fingerprint(pipe), meta)
     return EsdResult(patch, time.perf_counter() - t0, tuple(losses))
 
 

@@ -38,8 +38,8 @@ from typing import Any, Protocol
 
 import torch
 
+from rece_lite import checks, layers
 from rece_lite import closed_form as cf
-from rece_lite import layers
 from rece_lite._version import __version__
 from rece_lite.errors import InputError
 from rece_lite.files import save_tensors, staged_dir
@@ -170,8 +170,8 @@ def _base_weights(base: Snapshot | Pipeline, fingerprint: str | None) -> dict[st
                 f"the edit was applied to, got {type(base).__name__}"
             )
         weights = {n: m.weight.detach() for n, m in layers.projections(unet).items()}
-        fp, what = layers.fingerprint(unet), "pipeline"
-    if fingerprint and fp and fp != fingerprint:
+        fp, what = layers.fingerprint(base if getattr(base, "unet", None) is unet else unet), "pipeline"
+    if fingerprint and fp and not layers.same_model(fp, fingerprint):
         raise InputError(
             f"base: this patch was made for model {fingerprint}, not for the base {what}'s model ({fp}): "
             "give the snapshot or pipeline of the model the patch was made on"
@@ -262,7 +262,9 @@ def to_lora(
             "this patch has no map (a snapshot, or an edit such as ESD that is no W·M): give base=, the snapshot "
             "taken before the edit, so that each ΔW = W − W_before can be factored"
         )
+    checks.finite(weights, "weights")
     if before is not None:
+        checks.finite(before, "base")
         _check_base(before, weights, M)
 
     # 2. Per matrix B (out, k) and A (k, d) with ΔW = B A in float64, then truncated to the rank asked for
@@ -361,6 +363,7 @@ def save_pretrained(
     Returns:
         ``folder`` as an absolute path.
     """
+    checks.non_blank(folder, "folder")
     folder = Path(folder)
     if folder.exists() and not force:
         raise FileExistsError(f"folder {folder} already exists; pass force=True to replace it")
@@ -372,6 +375,7 @@ def save_pretrained(
             "pipe has LoRA adapters loaded; from_pretrained would not read them back: call pipe.fuse_lora() and "
             "pipe.unload_lora_weights() first (or save the LoRA itself with to_lora)"
         )
+    checks.finite_modules({p: getattr(pipe, p, None) for p in checks.PARTS}, "pipe")
     note = None
     if edit is not None:
         note = _edit_note(pipe, edit)
@@ -385,8 +389,8 @@ def save_pretrained(
 def _edit_note(pipe: Pipeline, edit: Snapshot) -> dict[str, Any]:
     if not isinstance(getattr(edit, "weights", None), dict) or not isinstance(getattr(edit, "fingerprint", None), str):
         raise TypeError(f"edit must be the Patch the pipeline holds, got {type(edit).__name__}")
-    fp = layers.fingerprint(pipe.unet)
-    if edit.fingerprint != fp:
+    fp = layers.fingerprint(pipe)
+    if not layers.same_model(edit.fingerprint, fp):
         raise InputError(f"edit: this patch was made for model {edit.fingerprint}, not this pipeline's ({fp})")
     mods = layers.projections(pipe.unet)
     held = set(mods) == set(edit.weights) and all(

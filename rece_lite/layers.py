@@ -62,7 +62,7 @@ def _sample(flat: torch.Tensor) -> torch.Tensor:
     return flat.unfold(0, _RUN, max(_RUN, (n - _RUN) // (runs - 1)))
 
 
-def fingerprint(unet: nn.Module) -> str:
+def fingerprint(model: nn.Module) -> str:
     """A short id of the model a patch belongs to, unchanged by any K/V edit or dtype cast.
 
     Hashes the name and shape of every parameter, and the sign bits of a sample of every
@@ -77,15 +77,49 @@ def fingerprint(unet: nn.Module) -> str:
     fine-tune moves the weights near zero across it (moving each weight by 0.1% of its
     tensor's spread flips about 0.03% of the signs: hundreds in SD 1.4's sample), and
     re-initialising a block flips half of its sampled signs, so either gives another id.
+
+    ``model`` is a pipeline or a bare UNet.  A pipeline's id also covers its text encoder(s)
+    (every parameter's signs, the same way): an edit depends on the embeddings they make, so a
+    patch does not apply silently to a pipeline with another text encoder of the same shape.
+    The id is ``<unet>-<text>`` (16 hex digits each), or ``<unet>`` for a bare UNet; compare
+    ids with :func:`same_model`, which accepts ids of patches written before the text part
+    existed (UNet only) for the same model.
     """
+    unet = getattr(model, "unet", model)
+    if not isinstance(unet, nn.Module):
+        raise TypeError(f"fingerprint needs a pipeline or a UNet, got {type(model).__name__}")
     edited = {id(m.weight) for m in projections(unet).values()}
+    fp = _signs_hash([("", unet)], edited)
+    if model is not unet:
+        encoders = [(n, getattr(model, n, None)) for n in ("text_encoder", "text_encoder_2")]
+        encoders = [(n, m) for n, m in encoders if isinstance(m, nn.Module)]
+        if encoders:
+            fp += "-" + _signs_hash(encoders, set())
+    return fp
+
+
+def _signs_hash(modules: list[tuple[str, nn.Module]], skip: set[int]) -> str:
     h = hashlib.sha256()
     signs: dict[torch.device, list[torch.Tensor]] = {}  # gathered once per device
-    for name, p in unet.named_parameters():
-        h.update(f"{name}:{tuple(p.shape)};".encode())
-        if id(p) not in edited:
-            flat = p.detach().reshape(-1)
-            signs.setdefault(flat.device, []).append(_sample(flat).signbit().reshape(-1))
+    for prefix, module in modules:
+        for name, p in module.named_parameters():
+            h.update(f"{prefix}{name}:{tuple(p.shape)};".encode())
+            if id(p) not in skip:
+                flat = p.detach().reshape(-1)
+                signs.setdefault(flat.device, []).append(_sample(flat).signbit().reshape(-1))
     for bits in signs.values():
         h.update(torch.cat(bits).to("cpu").numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two :func:`fingerprint` ids name one model.
+
+    The UNet parts must be equal, and the text-encoder parts too where both ids have one (an
+    id of a bare UNet, or of a patch written before ids covered the text encoder, has none).
+    """
+    if not isinstance(a, str) or not isinstance(b, str):
+        return False
+    ua, _, ta = a.partition("-")
+    ub, _, tb = b.partition("-")
+    return ua == ub and (not ta or not tb or ta == tb)

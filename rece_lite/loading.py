@@ -324,8 +324,12 @@ def load_pipeline(
             cls = _pipeline_class(index, model)
             # 2. Its weights, in the dtype asked for
             pipe = cls.from_pretrained(source, local_files_only=local or offline, dtype=dtype)
-    except (OSError, ValueError) as e:
-        if isinstance(e, _NotAnIndex):
+    except Exception as e:
+        if local and cls is not None and not isinstance(e, _NotAnIndex):
+            from rece_lite.checks import check_model_folder
+
+            check_model_folder(source, e)  # an error naming the broken file, if one is found
+        if isinstance(e, _NotAnIndex) or not isinstance(e, (OSError, ValueError)):
             raise
         where = (
             "is not a folder in save_pretrained layout"
@@ -341,6 +345,10 @@ def load_pipeline(
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         ) from e
     check_supported(pipe)
+    if local:
+        from rece_lite.checks import check_loaded_weights
+
+        check_loaded_weights(pipe, source)  # NaN or inf in a file that loaded
     if tiny:
         pipe.set_progress_bar_config(disable=True)
     return pipe.to(dev)

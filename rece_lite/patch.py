@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
+from rece_lite import checks, files, layers
 from rece_lite import closed_form as cf
-from rece_lite import layers
 from rece_lite.errors import InputError
 from rece_lite.files import save_tensors
 
@@ -48,6 +48,10 @@ class Patch:
             :func:`rece_erase`: the matrix ``M`` with ``weights == W_before · M`` (up to the
             weights' rounding), ``W_before`` the matrices it was applied to; for RECE the
             product of its edits. None for snapshots and edits that are no such map (ESD).
+        witness: ``W_before · X`` for two fixed random columns ``X`` (:func:`rece_lite.checks.map_witness`),
+            kept with the map so that a file's map is checked against its weights
+            (:func:`rece_lite.checks.check_map`); None for snapshots and hand-made patches.
+            Not part of equality.
 
     Two patches are equal when their fingerprints, metadata, weights and maps are.
     """
@@ -56,6 +60,7 @@ class Patch:
     fingerprint: str
     metadata: dict[str, str] = field(default_factory=dict)
     map: torch.Tensor | None = None
+    witness: torch.Tensor | None = None  # checks.map_witness of the weights before the edit
 
     def __post_init__(self) -> None:
         if not isinstance(self.weights, dict) or not self.weights:
@@ -113,8 +118,8 @@ class Patch:
         """Write these weights into ``pipe``'s UNet (all or none), in each matrix's device and dtype."""
         unet = _unet(pipe, "Patch.apply")
         mods = layers.projections(unet)
-        fp = layers.fingerprint(unet)
-        if fp != self.fingerprint:
+        fp = layers.fingerprint(pipe if getattr(pipe, "unet", None) is unet else unet)
+        if not layers.same_model(fp, self.fingerprint):
             raise InputError(
                 f"this patch was made for model {self.fingerprint}, not this one ({fp}): load the model it was made "
                 "for, or make a new patch on this one"
@@ -161,6 +166,8 @@ class Patch:
         """
         from rece_lite import export  # the LoRA math needs a patch's parts only; export imports this module
 
+        if base is None and self.map is not None:
+            checks.check_stored_map(self)  # a file's map may belong to another edit: checked against the witness
         return export.to_lora(path, self.weights, self.map, rank=rank, base=base, fingerprint=self.fingerprint,
                               metadata=self.metadata)  # fmt: skip
 
@@ -170,6 +177,8 @@ class Patch:
         tensors = dict(self.weights)
         if self.map is not None:
             tensors[MAP_KEY] = self.map
+        if self.witness is not None:
+            tensors[checks.WITNESS_KEY] = self.witness
         try:
             text = json.dumps(self.metadata)
         except (TypeError, ValueError) as e:
@@ -189,6 +198,7 @@ class Patch:
             raise IsADirectoryError(f"{path} is a folder; Patch.load expects {expected}")
         if not path.exists():
             raise FileNotFoundError(f"{path} does not exist; Patch.load expects {expected}")
+        files.check_regular_file(path)  # a FIFO or device would block or stream forever
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -207,10 +217,13 @@ class Patch:
         if not isinstance(metadata, dict):
             raise InputError(f"{path}: its rece_lite.metadata is JSON but not an object ({type(metadata).__name__})")
         edit_map = tensors.pop(MAP_KEY, None)
+        witness = tensors.pop(checks.WITNESS_KEY, None)
         try:
-            return cls(tensors, meta["rece_lite.fingerprint"], metadata, edit_map)
+            patch = cls(tensors, meta["rece_lite.fingerprint"], metadata, edit_map, witness)
         except TypeError as e:
             raise TypeError(f"{path}: {e}") from e
+        checks.check_loaded_patch(patch, path)
+        return patch
 
 
 def _check_names(have: set[str], model: set[str], what: str) -> None:
@@ -297,7 +310,7 @@ def snapshot(pipe) -> Patch:
     mods = layers.projections(unet)
     return Patch(
         {n: m.weight.detach().clone() for n, m in mods.items()},
-        layers.fingerprint(unet),
+        layers.fingerprint(pipe if getattr(pipe, "unet", None) is unet else unet),
         {"kind": "snapshot"},
     )
 

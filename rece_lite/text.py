@@ -31,6 +31,7 @@ def encode(pipe: Pipeline, prompts: str | Sequence[str]) -> torch.Tensor:
     """
     _check_pipe(pipe, ("text_encoder", "tokenizer"))
     prompts = _prompt_list(prompts)
+    check_prompts(pipe, prompts, "prompts")  # unknown words would become <unk>, long prompts be cut
     if is_sdxl(pipe):
         embeds, _, _, _ = pipe.encode_prompt(
             list(prompts), device=pipe.text_encoder.device, do_classifier_free_guidance=False

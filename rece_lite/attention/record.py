@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -109,6 +108,24 @@ class RecordingProcessor:
             self._record(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         return out
 
+    def unlink(self, module) -> bool:
+        """Take this processor out of ``module``'s chain of processors, wherever it sits; True if found.
+
+        Recorders nest: an inner one wraps the outer one's processor.  Leaving out of order
+        (the outer block first) must not put back a processor of a recorder still running,
+        nor leave this one behind: the processor that wraps this one gets this one's ``inner``.
+        """
+        current = module.processor
+        if current is self:
+            module.set_processor(self.inner)
+            return True
+        while isinstance(current, RecordingProcessor):
+            if current.inner is self:
+                current.inner = self.inner
+                return True
+            current = current.inner
+        return False
+
     @torch.no_grad()
     def _record(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb) -> None:
         b = hidden_states.shape[0]
@@ -121,6 +138,8 @@ class RecordingProcessor:
         probs = cross_attention_probs(
             attn, hidden_states[rows], encoder_hidden_states[rows], pick(attention_mask), pick(temb)
         )
+        if self.name == self.store.layers[0]:
+            self.store.note_context(encoder_hidden_states[rows])
         grid = hidden_states.shape[-2:] if hidden_states.ndim == 4 else _grid(probs.shape[2], self.now.latent_hw)
         self.store.add(self.name, self.now.step, probs, tuple(grid))
 
@@ -159,7 +178,6 @@ def _check_steps_ran(wanted: set[int] | None, ran: int) -> None:
         )
 
 
-@contextmanager
 def record_attention(
     pipe,
     *,
@@ -170,7 +188,7 @@ def record_attention(
     images: int = 1,
     dtype: torch.dtype = torch.float16,
     device: str | torch.device = "cpu",
-) -> Iterator[AttentionStore]:
+) -> Recorder:
     """Record cross-attention maps of every pipeline call inside the ``with`` block.
 
     On exit (also after an exception) the previous processors come back, object for
@@ -193,8 +211,9 @@ def record_attention(
         dtype, device: where the maps are kept (a floating dtype; by default float16 on
             the CPU, wherever the pipeline runs, ready for plotting).
 
-    Yields:
-        The :class:`AttentionStore`, filled while the pipeline runs.
+    Returns:
+        A :class:`Recorder`, for one ``with`` block, whose ``__enter__`` gives the
+        :class:`AttentionStore`, filled while the pipeline runs.
     """
     # 1. Check every argument before touching the model.
     if getattr(pipe, "unet", None) is None:
@@ -234,18 +253,55 @@ def record_attention(
         if isinstance(vae_factor, int):
             store.image_size = (now.latent_hw[0] * vae_factor, now.latent_hw[1] * vae_factor)
 
-    # 3. Swap the processors in for the block, and back out whatever happens.
-    previous = {n: modules[n].processor for n in names}
-    handle = unet.register_forward_pre_hook(before_unet, with_kwargs=True)
-    try:
-        for n in names:
-            modules[n].set_processor(RecordingProcessor(previous[n], store, n, now))
-        yield store
-    finally:
-        handle.remove()
-        for n in names:
-            modules[n].set_processor(previous[n])
-    _check_steps_ran(wanted, store.num_steps)
+    store.text_encoder = getattr(pipe, "text_encoder", None)
+    return Recorder(unet, modules, names, store, before_unet, wanted, now)
+
+
+class Recorder:
+    """One recording: processors and the step hook in on ``__enter__``, out on ``__exit__`` (any order).
+
+    Made by :func:`record_attention`; good for one ``with`` block (a second raises a clear error).
+    """
+
+    def __init__(self, unet, modules, names, store: AttentionStore, hook, wanted, now: _Now):
+        self.unet, self.modules, self.names, self.store = unet, modules, names, store
+        self._hook, self._wanted, self._now = hook, wanted, now
+        self._state = "new"
+        self._handle = None
+        self._mine: dict[str, RecordingProcessor] = {}
+
+    def __enter__(self) -> AttentionStore:
+        if self._state != "new":
+            raise RuntimeError(
+                f"this record_attention(...) recorder is {'in use' if self._state == 'in' else 'used up'}: one "
+                "recorder records one with block; call record_attention(pipe) again for each block"
+            )
+        self._state = "in"
+        # 3. Swap the processors in for the block, and back out whatever happens.
+        self._handle = self.unet.register_forward_pre_hook(self._hook, with_kwargs=True)
+        try:
+            for n in self.names:
+                m = self.modules[n]
+                self._mine[n] = RecordingProcessor(m.processor, self.store, n, self._now)
+                m.set_processor(self._mine[n])
+        except BaseException:
+            self._restore()
+            raise
+        return self.store
+
+    def _restore(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        for n, proc in self._mine.items():
+            proc.unlink(self.modules[n])
+        self._mine = {}
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._restore()
+        self._state = "done"
+        if exc_type is None:
+            _check_steps_ran(self._wanted, self.store.num_steps)
 
 
 class Recording(NamedTuple):

@@ -179,11 +179,58 @@ class AttentionStore:
             raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from None
         self.tokenizer = tokenizer
         self.image_size = image_size
+        # what the recorded pictures were conditioned on, to check a prompt given to word_map against
+        self.text_encoder = None  # set by record_attention: encodes a prompt given to word_map
+        self.context: torch.Tensor | None = None  # (images, T, d) float32 on the CPU, of the first call
+        self.mixed_contexts = False  # True when calls in one block had different prompts: no check
         self.maps: dict[str, dict[int, torch.Tensor]] = {n: {} for n in self.layers}
         self.counts: dict[str, dict[int, int]] = {n: {} for n in self.layers}
         self.num_steps = 0
 
     # -- writing
+    @torch.no_grad()
+    def note_context(self, context: torch.Tensor) -> None:
+        """Keep the text embeddings the recorded pictures were drawn from, (images, T, d); see :meth:`word_map`."""
+        c = context.detach().to("cpu", torch.float32)
+        if self.context is None:
+            self.context = c
+        elif self.context.shape != c.shape or not torch.equal(self.context, c):
+            self.mixed_contexts = True
+
+    @torch.no_grad()
+    def _check_prompt(self, prompt: str, image: int, tokens: list[int]) -> None:
+        """Refuse a prompt that is not the one the store recorded for ``image`` (its embeddings differ).
+
+        CLIP's text encoder is causal: the embeddings of the word's tokens and of every token
+        before them are compared, rows ``0 .. max(tokens)``.  Skipped where the store cannot
+        tell (no text encoder, several prompts in one block, embeddings of another width).
+        """
+        te, ctx = self.text_encoder, self.context
+        if te is None or ctx is None or self.mixed_contexts or not tokens or not -len(ctx) <= image < len(ctx):
+            return
+        if not hasattr(self, "_encoded"):
+            self._encoded: dict[str, torch.Tensor] = {}
+        if prompt not in self._encoded:
+            tok = self.tokenizer
+            ids = tok(prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids  # fmt: skip
+            try:
+                p = next(te.parameters())
+                self._encoded[prompt] = te(ids.to(p.device))[0][0].to("cpu", torch.float32)
+            except Exception:  # noqa: BLE001 - a text encoder we cannot run the usual way: no check
+                return
+        enc = self._encoded[prompt]
+        rec = ctx[image]
+        if enc.shape != rec.shape:
+            return
+        n = max(tokens) + 1
+        a, b = rec[:n], enc[:n]
+        if not torch.allclose(a, b, rtol=0.02, atol=0.02 * float(b.abs().max())):
+            raise ValueError(
+                f"prompt {prompt!r} is not the prompt this store recorded for image {image} (its text embeddings "
+                "differ at the word's tokens): give word_map the prompt the pipeline drew from"
+            )
+
     @torch.no_grad()
     def add(self, layer: str, step: int, probs: torch.Tensor, grid: tuple[int, int]) -> None:
         """Fold one call's probabilities into the running mean.
@@ -378,6 +425,7 @@ class AttentionStore:
                 f"the store's maps have {maps.shape[0]} tokens but its tokenizer makes "
                 f"{self.tokenizer.model_max_length}: record with the pipeline whose tokenizer this is"
             )
+        self._check_prompt(prompt, image, [i for span in spans for i in span])
         heat = maps[[i for span in spans for i in span]].sum(0)
         if size is None:
             size = self.image_size if self.image_size is not None else heat.shape
