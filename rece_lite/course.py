@@ -36,7 +36,9 @@ def environment(device: str | None = None) -> dict[str, str]:
     import diffusers
     import transformers
 
-    dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from rece_lite.loading import default_device  # the one rule: cuda, else mps, else cpu
+
+    dev = device or default_device()
     info = {
         "rece-lite": __version__,
         "python": platform.python_version(),
