@@ -378,7 +378,9 @@ class AttentionStore:
                 f"the store's maps have {maps.shape[0]} tokens but its tokenizer makes "
                 f"{self.tokenizer.model_max_length}: record with the pipeline whose tokenizer this is"
             )
-        heat = maps[[i for span in spans for i in span]].sum(0)
+        from rece_lite.attention.maps import word_heat  # the one definition (maps imports the recorder)
+
+        heat = word_heat(maps, [i for span in spans for i in span])
         if size is None:
             size = self.image_size if self.image_size is not None else heat.shape
         size = (size, size) if isinstance(size, int) else tuple(size)
