@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from rece_lite import parallel
-from rece_lite.paths import tiny_path
+from rece_lite.paths import is_embedded, model_path, tiny_path
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -298,9 +298,9 @@ def load_pipeline(
         )
     dev = _check_device(device)
     dtype = _check_dtype(dtype, dev)
-    tiny = str(model) == "tiny"
+    tiny = is_embedded(str(model))  # "tiny", "tiny-grounded", "tiny-ungrounded"
     if tiny:
-        folder = tiny_path()
+        folder = model_path(str(model))
         if not (folder / "model_index.json").exists():
             raise FileNotFoundError(
                 f"the embedded model is missing from {folder}; reinstall rece-lite, or train it with "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from rece_lite.paths import is_embedded
 from rece_lite.tiny import world
 
 
@@ -119,7 +120,7 @@ def recipe_for(
         epochs: overrides RECE's epochs.
         guide: overrides the guide (the miniature model: see :func:`tiny_recipe`; real SD: a prompt).
     """
-    if str(model) == "tiny":
+    if is_embedded(str(model)):  # "tiny" and its named variants
         recipe = tiny_recipe(concept, guide=guide)
     else:
         recipe = sd_recipe(str(concept))
