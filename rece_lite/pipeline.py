@@ -274,7 +274,8 @@ def load_pipeline(
     """A Stable Diffusion pipeline ready to sample and to edit, of the class its folder names.
 
     Args:
-        model: ``"tiny"`` (the embedded miniature model), a local folder in
+        model: ``"tiny"`` (the embedded miniature model; ``"tiny-grounded"`` and
+            ``"tiny-ungrounded"`` name its variants, see :mod:`rece_lite.paths`), a local folder in
             ``save_pretrained`` layout, or a hub id already in the local cache
             (e.g. ``"CompVis/stable-diffusion-v1-4"``, ``"stabilityai/stable-diffusion-2-1"``,
             ``"stabilityai/stable-diffusion-xl-base-1.0"``).
