@@ -222,23 +222,29 @@ def _after_shape_erased(pipe, shape: str, seeds: Sequence[int]) -> dict:
             "shapes": dict(Counter(labels.shapes))}  # fmt: skip
 
 
-def alignment(pipe, concept: str, method: str, seeds: Sequence[int], original=None) -> dict:
-    """Erase ``concept`` with the recipe and ``method``; measure; put the weights back."""
+def alignment(pipe, concept: str, method: str, seeds: Sequence[int], long: Sequence[int], original=None) -> dict:
+    """Erase ``concept`` with the recipe and ``method``; measure; put the weights back.
+
+    ``seeds`` for :func:`rece_lite.measure.erase_and_measure` (showing, preservation);
+    ``long``, more seeds, for the per-shape (or per-colour) shares and the derived embedding,
+    which have one prompt per shape and so few pictures each.
+    """
     c = world.Concept.parse(concept)
     recipe = tiny_recipe(c)
     snap = snapshot(pipe)
     try:
         run = erase_and_measure(pipe, c, recipe, method=method, seeds=seeds, original=original, progress=False)
-        after = _after_colour_erased(pipe, c.name, seeds) if c.kind == "colour" else _after_shape_erased(
-            pipe, c.name, seeds)  # fmt: skip
+        after = _after_colour_erased(pipe, c.name, long) if c.kind == "colour" else _after_shape_erased(
+            pipe, c.name, long)  # fmt: skip
+        derived = ev.share_showing(ev.classify(sample(pipe, embeds=run.derived[:1], seeds=list(long))), c.name)
     finally:
         snap.apply(pipe)
     n_named = len(c.prompts()) * len(seeds)
     return {"concept": c.name, "kind": c.kind, "method": method, "guide": recipe.guide,
             "showing": run.erased.showing, "n_showing": n_named, "preservation": run.erased.preservation,
             "others_before": run.original.others_accuracy, "others_after": run.erased.others_accuracy,
-            "n_others": len(c.other_prompts()[0]) * len(seeds), "derived_showing": run.erased.showing_derived,
-            "n_derived": len(seeds), "original": run.original, **after}  # fmt: skip
+            "n_others": len(c.other_prompts()[0]) * len(seeds), "derived_showing": derived,
+            "n_derived": len(long), "original": run.original, **after}  # fmt: skip
 
 
 # ------------------------------------------------------------------------- targets
@@ -290,7 +296,7 @@ def _training_json(model: str) -> str | None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(prog="python -m rece_lite.tiny.report", description=__doc__.splitlines()[0])
     p.add_argument("--model", default="tiny", help="'tiny', 'tiny-grounded', 'tiny-ungrounded' or a checkpoint folder")
-    p.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per prompt (from --first-seed up)")
+    p.add_argument("--seeds", type=int, default=16, help="seeds per prompt (from --first-seed up)")
     p.add_argument("--map-seeds", type=int, default=4, help="seeds per prompt for the maps (0: skip)")
     p.add_argument(
         "--first-seed",
@@ -331,7 +337,15 @@ def main(argv: list[str] | None = None) -> dict:
     # synonyms: two phrasings per (colour, shape), half the seeds each, the same number of pictures
     out["synonyms"] = measure(pipe, *prompt_grid(True), seeds[: max(1, len(seeds) // 2)])
     grey = [f"a {world.NEUTRAL} {s}" for s in world.SHAPES]
-    out["grey"] = measure(pipe, grey, list(world.SHAPES), [world.NEUTRAL] * len(world.SHAPES), seeds)
+    long = [a.first_seed + i for i in range(4 * a.seeds)]  # one prompt per shape: 4x the seeds
+    # "a grey ...": 4 prompts, 5x the seeds, as many pictures as the 20 named prompts
+    out["grey"] = measure(
+        pipe,
+        grey,
+        list(world.SHAPES),
+        [world.NEUTRAL] * len(world.SHAPES),
+        [a.first_seed + i for i in range(5 * a.seeds)],
+    )
     if a.map_seeds:
         out["maps"] = map_masses(pipe, [a.first_seed + i for i in range(a.map_seeds)])
     out["seconds_for_16_images"] = seconds_for_16(pipe)
@@ -339,7 +353,7 @@ def main(argv: list[str] | None = None) -> dict:
     for concept in a.erase:
         original = None
         for method in ("uce", "rece"):
-            r = alignment(pipe, concept, method, seeds, original=original)
+            r = alignment(pipe, concept, method, seeds, long, original=original)
             original = r.pop("original")
             out["alignment"].append(r)
     out["targets"] = [dict(asdict(t), confidence=t.confidence, met=t.met) for t in targets(out)]
