@@ -4,7 +4,10 @@ Every share is of pictures judged by :mod:`rece_lite.evaluate`, sampled with 20 
 and guidance 6 from seeds that no notebook and no recipe choice uses (100 and up), so the
 report is an independent check of what the course claims.  A target on a share is met when
 the share's one-sided 95% Wilson bound is on the right side of it (the lower bound for
-"at least", the upper for "at most"), so a lucky handful of seeds does not meet it.
+"at least", the upper for "at most"), so a lucky handful of seeds does not meet it: 100% of n
+pictures has the lower bound 1 − 2.7/n or so, so a 98% target needs about 135 pictures.
+``--seeds k`` (16) seeds per prompt; prompts with one variant per shape ("a grey star", "a red
+star" after an erasure, the derived embedding) get 4-5x as many, so each share has enough.
 
 Targets (issue 19):
 
