@@ -225,7 +225,9 @@ def _after_shape_erased(pipe, shape: str, seeds: Sequence[int]) -> dict:
             "shapes": dict(Counter(labels.shapes))}  # fmt: skip
 
 
-def alignment(pipe, concept: str, method: str, seeds: Sequence[int], long: Sequence[int], original=None) -> dict:
+def alignment(
+    pipe, concept: str, method: str, seeds: Sequence[int], long: Sequence[int], original=None, context: bool = False
+) -> dict:
     """Erase ``concept`` with the recipe and ``method``; measure; put the weights back.
 
     ``seeds`` for :func:`rece_lite.measure.erase_and_measure` (showing, preservation);
@@ -233,7 +235,7 @@ def alignment(pipe, concept: str, method: str, seeds: Sequence[int], long: Seque
     which have one prompt per shape and so few pictures each.
     """
     c = world.Concept.parse(concept)
-    recipe = tiny_recipe(c)
+    recipe = tiny_recipe(c, context=context)
     snap = snapshot(pipe)
     try:
         run = erase_and_measure(pipe, c, recipe, method=method, seeds=seeds, original=original, progress=False)
@@ -243,7 +245,7 @@ def alignment(pipe, concept: str, method: str, seeds: Sequence[int], long: Seque
     finally:
         snap.apply(pipe)
     n_named = len(c.prompts()) * len(seeds)
-    return {"concept": c.name, "kind": c.kind, "method": method, "guide": recipe.guide,
+    return {"concept": c.name, "kind": c.kind, "method": method, "context": context, "guide": recipe.guide,
             "showing": run.erased.showing, "n_showing": n_named, "preservation": run.erased.preservation,
             "others_before": run.original.others_accuracy, "others_after": run.erased.others_accuracy,
             "n_others": len(c.other_prompts()[0]) * len(seeds), "derived_showing": derived,
@@ -268,7 +270,7 @@ def targets(out: dict) -> list[Target]:
     ts.append(Target("16 images on one CPU thread, seconds", out["seconds_for_16_images"], 3.0, at_least=False,
                      unit="seconds"))  # fmt: skip
     for r in out.get("alignment", []):
-        tag = f"{r['method'].upper()} {r['concept']}"
+        tag = f"{r['method'].upper()} {r['concept']}" + (" in context" if r.get("context") else "")
         if r["kind"] == "colour":
             ts += [
                 Target(f"{tag} -> grey: named prompts still showing it", r["showing"], 0.05, False, r["n_showing"]),
@@ -313,6 +315,8 @@ def main(argv: list[str] | None = None) -> dict:
         default=["red", "triangle"],
         help='concepts to erase with UCE and RECE (a colour goes toward grey, a shape toward "")',
     )
+    p.add_argument("--context", action="store_true",
+                   help="also erase with the in-context recipe (tiny_recipe(..., context=True))")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the numbers here")
     a = p.parse_args(argv)
     if a.seeds < 1 or a.map_seeds < 0 or a.first_seed < 0:
@@ -355,10 +359,11 @@ def main(argv: list[str] | None = None) -> dict:
     out["alignment"] = []
     for concept in a.erase:
         original = None
-        for method in ("uce", "rece"):
-            r = alignment(pipe, concept, method, seeds, long, original=original)
-            original = r.pop("original")
-            out["alignment"].append(r)
+        for context in (False, True) if a.context else (False,):
+            for method in ("uce", "rece"):
+                r = alignment(pipe, concept, method, seeds, long, original=original, context=context)
+                original = r.pop("original")
+                out["alignment"].append(r)
     out["targets"] = [dict(asdict(t), confidence=t.confidence, met=t.met) for t in targets(out)]
     out["report_seconds"] = round(time.time() - t0, 1)
 
@@ -380,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\n16 images: {out['seconds_for_16_images']:.2f} s (median of 3, one thread)")
     for r in out["alignment"]:
         guide = r["guide"] if isinstance(r["guide"], str) else r["guide"][0]
-        head = f"{r['method'].upper()} {r['concept']} -> {guide or chr(34) * 2}"
+        head = f"{r['method'].upper()} {r['concept']}{' in context' if r['context'] else ''} -> {guide or chr(34) * 2}"
         if r["kind"] == "colour":
             kept = ", ".join(f"{s} {v:.0%}" for s, v in r["shape_kept_per_shape"].items())
             extra = (f"shape kept {kept}; grey {r['grey']:.0%}; colours {r['colours']}; "
