@@ -55,3 +55,18 @@ def test_the_wheel_carries_every_file_of_every_named_model():
 def test_named_models_get_the_miniature_recipe():
     assert recipe_for("tiny-grounded", "red") == tiny_recipe("red")
     assert recipe_for("tiny-ungrounded", "triangle") == tiny_recipe("triangle")
+
+
+def test_the_in_context_recipe_pairs_each_sentence_with_its_guide():
+    red = tiny_recipe("red", context=True)
+    pairs = dict(zip(red.erase, red.guide))
+    assert len(red.erase) == len(red.guide)
+    assert pairs["a red star"] == "a grey star" and pairs["something red"] == "something grey"
+    added = red.preserve[len(tiny_recipe("red").preserve) :]
+    assert "a blue star" in added and not any("red" in p for p in red.preserve)
+    assert not any(p.startswith("a grey ") for p in added)  # the guide is not held in place
+    tri = tiny_recipe("triangle", context=True)
+    pairs = dict(zip(tri.erase, tri.guide))
+    assert pairs["a green triangle"] == "a green shape" and pairs["a triangle"] == ""
+    assert "a green star" in tri.preserve and not any("triangle" in p for p in tri.preserve)
+    assert tiny_recipe("red", context=False) == tiny_recipe("red")
