@@ -29,6 +29,7 @@ from rece_lite import methods
 from rece_lite._version import __version__
 from rece_lite.errors import InputError
 from rece_lite.files import UsageError, check_out, staged_dir
+from rece_lite.paths import is_embedded
 from rece_lite.settings import SAMPLING, SamplingSettings
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -48,7 +49,7 @@ def _at_least(value: int | None, low: int, option: str, why: str = "") -> None:
 
 def _concept(model: str, word: str):
     """The miniature world's concept for ``word`` (None for other models, which take any prompt)."""
-    if model != "tiny":
+    if not is_embedded(model):
         if not word.strip():
             raise UsageError("--concept is empty: give the concept to erase")
         return None
@@ -241,7 +242,7 @@ def _bench_prompt_file(args: argparse.Namespace, main: bool):
     rows = prompt_file.read_prompts(args.prompts)
     if args.judge:
         judge, judge_name = prompt_file.load_judge(args.judge), args.judge
-    elif args.model == "tiny":
+    elif is_embedded(args.model):
         judge, judge_name = _tiny_judge(concept), f"the evaluator: shows {args.concept!r}"
     else:
         raise UsageError("--judge is needed with --prompts on a model other than 'tiny' (package.module:function)")
@@ -291,7 +292,9 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("erase", help="erase a concept; write patch.safetensors, report.json and pictures",
                        description="Erase one concept with UCE or RECE and write the patch, a report and, for the "
                        "miniature model, before/after pictures and measurements.")  # fmt: skip
-    e.add_argument("--model", default="tiny", help="'tiny' (the embedded model), a local folder or a cached hub id")
+    e.add_argument("--model", default="tiny",
+                   help="'tiny' (the embedded model; 'tiny-grounded', 'tiny-ungrounded' its variants), a local "
+                        "folder or a cached hub id")  # fmt: skip
     e.add_argument("--concept", required=True, help="what to erase (tiny: a colour or shape, or a synonym)")
     e.add_argument("--method", default="rece", choices=METHODS,
                    help="the closed form to use: " + "; ".join(f"{m.name}: {m.description}" for m in

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from rece_lite.errors import InputError
-from rece_lite.paths import tiny_path
+from rece_lite.paths import is_embedded, model_path, tiny_path
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -277,7 +277,8 @@ def load_pipeline(
     """A Stable Diffusion pipeline ready to sample and to edit, of the class its folder names.
 
     Args:
-        model: ``"tiny"`` (the embedded miniature model), a local folder in
+        model: ``"tiny"`` (the embedded miniature model; ``"tiny-grounded"`` and
+            ``"tiny-ungrounded"`` name its variants, see :mod:`rece_lite.paths`), a local folder in
             ``save_pretrained`` layout, or a hub id already in the local cache
             (e.g. ``"CompVis/stable-diffusion-v1-4"``, ``"stabilityai/stable-diffusion-2-1"``,
             ``"stabilityai/stable-diffusion-xl-base-1.0"``).
@@ -301,9 +302,9 @@ def load_pipeline(
         )
     dev = check_device(device)
     dtype = _check_dtype(dtype, dev)
-    tiny = str(model) == "tiny"
+    tiny = is_embedded(str(model))  # "tiny", "tiny-grounded", "tiny-ungrounded"
     if tiny:
-        folder = tiny_path()
+        folder = model_path(str(model))
         if not (folder / "model_index.json").exists():
             raise FileNotFoundError(
                 f"the embedded model is missing from {folder}; reinstall rece-lite, or train it with "

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 from rece_lite.errors import InputError
+from rece_lite.paths import is_embedded
 from rece_lite.settings import EDIT, NULL_SPACE, RECE
 from rece_lite.tiny import world
 
@@ -74,7 +75,7 @@ def _templates(kind: str, word: str) -> tuple[str, ...]:
 TINY_RANK_TOL = 3e-3
 
 
-def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None) -> Recipe:
+def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None, context: bool = False) -> Recipe:
     """The miniature model's recipe, chosen on seeds 0-7 and checked on others (``python -m rece_lite.tiny.report``).
 
     Erase the concept in three caption forms ("red", "something red", "a red object"; like
@@ -103,6 +104,11 @@ def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None) -> Re
 
     Args:
         concept: a colour or shape of the world (or a synonym).
+        context: also erase the concept *in context* (issue 19's hypothesis): for a colour,
+            "a red {shape}" -> "a grey {shape}" for every shape, preserving the other colours in
+            the same sentences; for a shape, "a {colour} triangle" -> "a {colour} shape" for every
+            colour, preserving the other shapes so.  The causal text encoder writes "red" into
+            the "star" row of "a red star" too, which the bare forms never touch.
         guide: what the erased concept should become: a concept of the same kind, or ``""``
             (the unconditional branch, the paper's default).  Default: the harmless colour
             :data:`rece_lite.tiny.world.NEUTRAL` (grey) for a colour, ``""`` for a shape and for
@@ -119,7 +125,7 @@ def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None) -> Re
         guides: str | tuple[str, ...] = _templates(c.kind, g.name)
     else:
         guides = ""
-    return Recipe(
+    recipe = Recipe(
         erase=_templates(c.kind, c.name),
         guide=guides,
         preserve=tuple(p for other in c.same_kind if other != c.name for p in _templates(c.kind, other)),
@@ -127,6 +133,24 @@ def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None) -> Re
         epochs=2 if c.kind == "colour" else 1,
         rank_tol=TINY_RANK_TOL,
     )
+    return _in_context(recipe, c, guide) if context else recipe
+
+
+def _in_context(recipe: Recipe, c: world.Concept, guide: str) -> Recipe:
+    """``recipe`` plus the concept in every sentence "a {colour} {shape}" it can sit in (see :func:`tiny_recipe`)."""
+    n = len(recipe.erase)
+    guides = (recipe.guide,) * n if isinstance(recipe.guide, str) else recipe.guide
+    if c.kind == "colour":
+        others = [o for o in world.COLOURS if o not in (c.name, guide)]
+        erase = tuple(f"a {c.name} {s}" for s in world.SHAPES)
+        to = tuple(f"a {guide} {s}" if guide else "" for s in world.SHAPES)
+        keep = tuple(f"a {o} {s}" for o in others for s in world.SHAPES)
+    else:
+        others = [o for o in world.SHAPES if o not in (c.name, guide)]
+        erase = tuple(f"a {col} {c.name}" for col in world.COLOURS)
+        to = tuple(f"a {col} {guide}" if guide else f"a {col} shape" for col in world.COLOURS)
+        keep = tuple(f"a {col} {o}" for col in world.COLOURS for o in others)
+    return replace(recipe, erase=recipe.erase + erase, guide=guides + to, preserve=recipe.preserve + keep)
 
 
 def sd_recipe(concept: str) -> Recipe:
@@ -143,7 +167,7 @@ def recipe_for(
         epochs: overrides RECE's epochs.
         guide: overrides the guide (the miniature model: see :func:`tiny_recipe`; real SD: a prompt).
     """
-    if str(model) == "tiny":
+    if is_embedded(str(model)):  # "tiny" and its named variants
         recipe = tiny_recipe(concept, guide=guide)
     else:
         recipe = sd_recipe(str(concept))

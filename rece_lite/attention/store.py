@@ -426,7 +426,9 @@ class AttentionStore:
                 f"{self.tokenizer.model_max_length}: record with the pipeline whose tokenizer this is"
             )
         self._check_prompt(prompt, image, [i for span in spans for i in span])
-        heat = maps[[i for span in spans for i in span]].sum(0)
+        from rece_lite.attention.maps import word_heat  # the one definition (maps imports the recorder)
+
+        heat = word_heat(maps, [i for span in spans for i in span])
         if size is None:
             size = self.image_size if self.image_size is not None else heat.shape
         size = (size, size) if isinstance(size, int) else tuple(size)
