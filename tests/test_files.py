@@ -281,8 +281,11 @@ def test_killed_at_random_instants_the_target_is_always_whole(tmp_path, sig):
             (tmp / f"f{i}").write_text("0" * 100)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     for k in range(12):
+        # SIGINT as a terminal delivers it: a test run started in the background (`cmd &`) ignores SIGINT, and its
+        # children would inherit that (Python then installs no KeyboardInterrupt handler)
         proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(out), str(k % 10)], env=env,
-                                stdout=subprocess.PIPE)  # fmt: skip
+                                stdout=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
         proc.stdout.readline()
         time.sleep(rng.uniform(0.0, 0.15))
         proc.send_signal(sig)
