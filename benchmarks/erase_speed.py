@@ -10,7 +10,7 @@ same run, so the ratios hold even on a busy machine whose absolute times are noi
     python benchmarks/erase_speed.py --device cuda    # the same on a GPU (about a minute on an H100)
     python benchmarks/erase_speed.py --device cuda --dtype float16 --out speed.json
 
-The baseline (``baseline_*`` below) implements the same formulas the way the official
+The baseline (``baseline_*`` in ``erase_speed_reference.py``) implements the same formulas the way the official
 code (CharlesGong12/RECE, on rohitgandikota/unified-concept-editing) is organised: a loop
 over the 32 matrices that, for each matrix, re-runs the text encoder on the prompts,
 builds ``mat1 = λW + Σ v cᵀ`` and ``mat2 = λI + Σ c cᵀ`` and inverts ``mat2`` explicitly;
@@ -49,77 +49,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
+from erase_speed_reference import (  # noqa: E402  (the baseline and the recipe, beside this file)
+    BASELINE_BUDGET_S,
+    EPOCHS,
+    ERASE,
+    ERASE_SCALE,
+    GUIDE,
+    LAMB,
+    PRESERVE,
+    PRESERVE_SCALE,
+    REG_SCALE,
+    baseline_derive,
+    baseline_matrices,
+    baseline_rece,
+    baseline_uce,
+)
 
 import rece_lite as rl  # noqa: E402
 from rece_lite.sd14 import random_sd14_pipeline  # noqa: E402
 
 diffusers_logging.set_verbosity_error()  # casting a random model to float16 is meant: no notes about it
-
-# The recipe, in the miniature world's vocabulary (the SD 1.4-shaped pipeline borrows its tokenizer).
-ERASE = "red"
-GUIDE = ""
-PRESERVE = ["blue", "green", "a yellow star"]
-LAMB, ERASE_SCALE, PRESERVE_SCALE = 0.1, 1.0, 0.1
-REG_SCALE, EPOCHS = 0.1, 3
-BASELINE_BUDGET_S = 600  # most seconds to spend on the slowest baseline row (the brief's 10 minutes)
-
-
-# =============================================================================================
-# REFERENCE: a straightforward per-matrix implementation (the baseline).  Not rece-lite code.
-# =============================================================================================
-def baseline_matrices(unet) -> dict[str, torch.nn.Linear]:
-    """Every ``attn2.to_k`` / ``attn2.to_v`` of the UNet, by name (SD 1.x: 32 of them)."""
-    return {n: m for n, m in unet.named_modules() if n.endswith(("attn2.to_k", "attn2.to_v"))}
-
-
-def baseline_encode(pipe, items: list) -> list[torch.Tensor]:
-    """Prompts through the text encoder (one batch); (T, d) tensors pass through; float32 (half models too)."""
-    prompts = [x for x in items if isinstance(x, str)]
-    enc = iter(rl.encode(pipe, prompts)) if prompts else iter(())
-    return [(next(enc) if isinstance(x, str) else x).float() for x in items]
-
-
-@torch.no_grad()
-def baseline_uce(pipe, erase, guide, preserve, *, lamb=LAMB, erase_scale=ERASE_SCALE, preserve_scale=PRESERVE_SCALE):
-    """UCE, one matrix at a time: re-encode, targets from this matrix's pre-edit W, invert, write."""
-    for lin in baseline_matrices(pipe.unet).values():
-        # the official loop encodes the prompts inside the per-matrix loop
-        ce, cg, *cps = baseline_encode(pipe, [erase, guide, *preserve])
-        cp = torch.cat(cps) if cps else ce[:0]
-        W = lin.weight.float()  # this matrix's weights before the edit: the targets W c* and W c_j use them
-        v_guide, v_keep = cg @ W.T, cp @ W.T  # (T, out)
-        mat1 = lamb * W + erase_scale * v_guide.T @ ce + preserve_scale * v_keep.T @ cp
-        eye = torch.eye(W.shape[1], dtype=W.dtype, device=W.device)
-        mat2 = lamb * eye + erase_scale * ce.T @ ce + preserve_scale * cp.T @ cp
-        lin.weight.copy_(mat1 @ torch.inverse(mat2))
-
-
-@torch.no_grad()
-def baseline_derive(pipe, concept, original: dict[str, torch.Tensor], *, reg_scale=REG_SCALE):
-    """RECE's close_regzero: c' = c (λ'I + Σ W_lᵀW_l)⁻¹ Σ W_lᵀW_l^orig, summed matrix by matrix."""
-    (c,) = baseline_encode(pipe, [concept])
-    mats = baseline_matrices(pipe.unet)
-    W0 = next(iter(mats.values())).weight
-    d, like = W0.shape[1], dict(dtype=torch.float32, device=W0.device)
-    mat1, mat2 = reg_scale * torch.eye(d, **like), torch.zeros(d, d, **like)
-    for name, lin in mats.items():
-        W = lin.weight.float()
-        mat1 += W.T @ W
-        mat2 += W.T @ original[name].float()
-    return c @ (torch.inverse(mat1) @ mat2).T
-
-
-@torch.no_grad()
-def baseline_rece(pipe, concept, guide, preserve, *, epochs=EPOCHS):
-    """UCE, then per epoch: derive c' against a kept copy of the original matrices, erase c'."""
-    original = {n: m.weight.detach().clone() for n, m in baseline_matrices(pipe.unet).items()}
-    baseline_uce(pipe, concept, guide, preserve)
-    derived = []
-    for _ in range(epochs):
-        derived.append(baseline_derive(pipe, concept, original))
-        baseline_uce(pipe, derived[-1], guide, preserve)
-    return derived
-
 
 # =============================================================================================
 # measurement

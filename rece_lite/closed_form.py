@@ -20,87 +20,34 @@ No diffusers here: these functions run on toy matrices (notebook 1) and on the
 stacked K/V weights of a real UNet alike.  Their defaults (λ, s_e, s_p, the regulariser and
 λ') are :data:`rece_lite.settings.EDIT` and :data:`rece_lite.settings.RECE`, the standard
 library's dataclasses: this module still needs nothing but torch.
+
+The float64 plumbing shared with the null-space edits (:func:`solve_device`, :class:`SolveError`,
+:func:`check_uce_settings`) lives in :mod:`rece_lite.solve`; the null-space edits themselves
+(:func:`null_space_weights`, :func:`null_space_map`, ...) in :mod:`rece_lite.null_space_math`.
+Both are re-exported here, so ``closed_form.null_space_map`` keeps working.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from rece_lite.settings import EDIT, RECE
+from rece_lite.solve import (  # noqa: F401  (SolveError, solve_device, check_uce_settings: public here too)
+    SolveError,
+    _back,
+    _check_finite,
+    _f64,
+    _number,
+    _rows,
+    check_uce_settings,
+    solve_device,
+)
 
 Reg = Literal["zero", "standard", "surrogate"]
 REGULARISERS: tuple[str, ...] = ("zero", "standard", "surrogate")
-
-# device types without float64 arithmetic: their solves run on the CPU
-_NO_FLOAT64 = frozenset({"mps"})
-
-
-class SolveError(FloatingPointError):
-    """A closed-form solve produced NaN or inf (nothing was changed)."""
-
-
-def solve_device(device: torch.device | str) -> torch.device:
-    """The device that float64 solves for tensors on ``device`` run on.
-
-    The device itself where it has float64 (the CPU, CUDA); the CPU for one that has
-    not (Apple ``mps``): results are moved back to the caller's device afterwards.
-    """
-    device = torch.device(device)
-    return torch.device("cpu") if device.type in _NO_FLOAT64 else device
-
-
-def _f64(x: torch.Tensor, device: torch.device, what: str) -> torch.Tensor:
-    """``x`` as float64 on ``device``: moved first, so a device without float64 never holds it."""
-    if x.is_complex():
-        raise TypeError(f"{what} is a complex tensor ({x.dtype}); the closed forms take real tensors")
-    return x.detach().to(device).to(torch.float64)
-
-
-def _back(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``x`` in ``like``'s dtype and on its device (cast where ``x`` is, then moved)."""
-    return x.to(like.dtype).to(like.device)
-
-
-def _rows(x: torch.Tensor | None, d: int, device: torch.device, what: str) -> torch.Tensor:
-    """(n, d) float64 on ``device``; None or an empty tensor gives (0, d)."""
-    if x is None or x.numel() == 0:
-        return torch.zeros(0, d, dtype=torch.float64, device=device)
-    x = _f64(x, device, what).reshape(-1, x.shape[-1])
-    if x.shape[1] != d:
-        raise ValueError(f"{what} embeddings have width {x.shape[1]}, expected {d}")
-    return x
-
-
-def _check_finite(x: torch.Tensor, what: str) -> torch.Tensor:
-    if not torch.isfinite(x).all():
-        raise SolveError(
-            f"{what} produced NaN or inf; the inputs contain non-finite values or the system is "
-            "singular: raise lamb / reg_scale, or check the embeddings"
-        )
-    return x
-
-
-def _number(name: str, value: object) -> float:
-    """``value`` as a float, if it is a finite real number (not a bool, a string or a tensor)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
-def check_uce_settings(lamb: float, erase_scale: float, preserve_scale: float) -> None:
-    """Refuse UCE settings the closed form cannot use, naming the argument."""
-    if not _number("lamb", lamb) > 0:
-        raise ValueError(f"lamb must be > 0 (it keeps the solve well-posed), got {lamb}")
-    for name, value in (("erase_scale", erase_scale), ("preserve_scale", preserve_scale)):
-        if _number(name, value) < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
 
 
 def check_derivation_settings(reg: str, reg_scale: float) -> None:
@@ -340,214 +287,19 @@ def residual(H: torch.Tensor, K: torch.Tensor, G: torch.Tensor, c_new: torch.Ten
     return ((x @ H64) * x).sum(1) - 2 * ((x @ K64) * y).sum(1) + ((y @ G64) * y).sum(1)
 
 
-# ------------------------------------------------------------------ null-space edits
-class NoRoomError(ValueError):
-    """The kept rows span the whole embedding space: a null-space edit could change nothing."""
+# the null-space edits (SPEED, AlphaEdit), kept importable from here as before
+from rece_lite.null_space_math import (  # noqa: E402
+    NoRoomError,
+    check_rank_tol,
+    filter_priors,
+    influence,
+    null_space_map,
+    null_space_projector,
+    null_space_weights,
+)
 
-
-def check_rank_tol(rank_tol: float) -> float:
-    """Refuse a rank tolerance outside ``[0, 1)``, naming the argument."""
-    if not 0 <= _number("rank_tol", rank_tol) < 1:
-        raise ValueError(f"rank_tol must be in [0, 1) (a share of the largest singular value), got {rank_tol}")
-    return float(rank_tol)
-
-
-def null_space_projector(keep: torch.Tensor | None, d: int | None = None, *, rank_tol: float = 1e-6):
-    """The projector onto the orthogonal complement of the kept rows, and the rank it holds.
-
-    With ``K₀`` the (m, d) kept rows,
-
-        P = I − K₀ᵀ (K₀ K₀ᵀ)⁺ K₀ = I − U_r U_rᵀ,
-
-    ``U_r`` the eigenvectors of ``K₀ᵀ K₀`` whose singular value ``σ = √eigenvalue`` exceeds
-    ``rank_tol · σ_max``: those are the directions held exactly.  ``W P c_j = 0`` for every
-    kept row c_j (up to the dropped singular values), so any edit ``Δ = Δ P`` leaves
-    ``W c_j`` unchanged.  The null space has ``d − rank`` dimensions.
-
-    Float64 eigenvalues are accurate to about ``d · 2e-16`` of the largest, so singular values
-    below ``√(d · 2e-16)`` of the largest (1e-7 for d = 64, 4e-7 for d = 768) cannot be told
-    from zero and are never held: ``rank_tol`` below that means "exact".
-
-    Args:
-        keep: (m, d) kept rows c_j (None or empty: nothing kept, P = I).
-        d: the embedding width, needed when ``keep`` is None or empty.
-        rank_tol: in [0, 1), a share of the largest singular value.
-
-    Returns:
-        ``(P, rank)``: (d, d) float64 on :func:`solve_device` of ``keep``'s device, and the
-        number of directions held.
-    """
-    rank_tol = check_rank_tol(rank_tol)
-    if d is None:
-        if keep is None or keep.ndim == 0:
-            raise ValueError("give d= (the embedding width) when nothing is kept")
-        d = keep.shape[-1]
-    dev = solve_device(keep.device if keep is not None else "cpu")
-    return _projector(_rows(keep, d, dev, "keep"), rank_tol)
-
-
-def _projector(k: torch.Tensor, rank_tol: float) -> tuple[torch.Tensor, int]:
-    """:func:`null_space_projector` of (m, d) float64 rows, on their device."""
-    d, dev = k.shape[1], k.device
-    eye = torch.eye(d, dtype=torch.float64, device=dev)
-    if k.shape[0] == 0:
-        return eye, 0
-    _check_finite(k, "the kept rows")
-    eig, U = torch.linalg.eigh(k.T @ k)  # ascending
-    top = max(float(eig[-1]), 0.0)
-    # held: σ > rank_tol σ_max, and never a direction at the eigensolver's rounding level
-    held = eig > top * max(rank_tol**2, d * torch.finfo(torch.float64).eps)
-    Ur = U[:, held]
-    return eye - Ur @ Ur.T, int(held.sum())
-
-
-def _null_space_delta(
-    R: torch.Tensor, ce: torch.Tensor, P: torch.Tensor, lamb: float, erase_scale: float
-) -> torch.Tensor:
-    """``Δ = s_e R C_e P (λ I + s_e P C_eᵀ C_e P)⁻¹`` (float64), the constrained optimum's update."""
-    A = erase_scale * P @ (ce.T @ ce) @ P
-    A.diagonal().add_(lamb)
-    B = erase_scale * (R @ ce) @ P
-    return torch.linalg.solve(A, B.T).T  # A symmetric: Δ = B A⁻¹ <=> A Δᵀ = Bᵀ
-
-
-def _room(rank: int, d: int, rank_tol: float) -> None:
-    if rank >= d:
-        raise NoRoomError(
-            f"the kept rows span all {d} dimensions (rank {rank} at rank_tol={rank_tol:g}): their null space "
-            "is empty, so an edit that keeps them exactly changes nothing. Keep fewer rows (fewer concepts, or "
-            "tokens='last_subject'), raise rank_tol to hold only their main directions, or use UCE's "
-            "least-squares preserve term; nothing was changed"
-        )
-
-
-def null_space_weights(
-    W: torch.Tensor,
-    erase: torch.Tensor,
-    targets: torch.Tensor,
-    keep: torch.Tensor | None,
-    *,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
-    rank_tol: float = 1e-6,
-) -> torch.Tensor:
-    """UCE's erase and λ terms, minimised with the kept rows' outputs held exactly (SPEED, AlphaEdit).
-
-    Minimises ``s_e Σ_i ‖W' c_i − v*_i‖² + λ‖W' − W‖²`` subject to ``W' c_j = W c_j`` for
-    every kept row c_j.  Writing ``W' = W + Δ`` with ``Δ = Δ P`` (:func:`null_space_projector`,
-    which makes the constraint hold) and setting the gradient within that subspace to zero:
-
-        Δ (λ I + s_e P C_eᵀ C_e P) = s_e R C_e P,    R = V* − W C_eᵀ
-
-        W' = W + s_e R C_e P (λ I + s_e P C_eᵀ C_e P)⁻¹
-
-    (the matrix commutes with P, so Δ = Δ P holds).  It is the limit of
-    :func:`uce_weights` as ``preserve_scale → ∞``, without UCE's trade-off: the kept rows'
-    error is zero, not a floor.  SPEED (Li et al., arXiv 2503.07392) writes the same update
-    as ``W (S_at − S_tt) P (S_tt P + λ I)⁻¹``.
-
-    Args:
-        W: (out, d) current weights.
-        erase: (n, d) embeddings of the concept to erase, c_i.
-        targets: (n, out) what W' should output for them, v*_i.
-        keep: (m, d) rows whose outputs must not change at all, c_j.
-        lamb: λ > 0, the pull toward the current weights.
-        erase_scale: s_e ≥ 0.
-        rank_tol: see :func:`null_space_projector`.
-
-    Returns:
-        (out, d) the edited weights, in ``W``'s dtype, on its device.
-
-    Raises:
-        NoRoomError: the kept rows have full rank d (nothing was computed).
-    """
-    check_uce_settings(lamb, erase_scale, 0.0)
-    dev, d = solve_device(W.device), W.shape[1]
-    W64, ce = _f64(W, dev, "W"), _rows(erase, d, dev, "erase")
-    v = _f64(targets, dev, "targets").reshape(-1, W.shape[0])
-    if v.shape[0] != ce.shape[0]:
-        raise ValueError(f"{ce.shape[0]} erase embeddings but {v.shape[0]} targets")
-    P, rank = _projector(_rows(keep, d, dev, "keep"), check_rank_tol(rank_tol))
-    _room(rank, d, rank_tol)
-    delta = _null_space_delta((v - ce @ W64.T).T, ce, P, lamb, erase_scale)
-    return _back(_check_finite(W64 + delta, "the null-space solve"), W)
-
-
-def null_space_map(
-    erase: torch.Tensor,
-    guide: torch.Tensor,
-    keep: torch.Tensor | None,
-    *,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
-    rank_tol: float = 1e-6,
-) -> tuple[torch.Tensor, int]:
-    """The ``d x d`` matrix M with ``null_space_weights(W, c, W c*, c_keep) == W @ M`` for every W.
-
-    With targets ``v*_i = W c*_i`` the residual is ``R = W (C_g − C_e)ᵀ``, so
-
-        M = I + s_e (C_g − C_e)ᵀ C_e P (λ I + s_e P C_eᵀ C_e P)⁻¹
-
-    and one M serves every key and value matrix, as :func:`uce_map` does.  ``K₀ M = K₀``
-    row by row for the kept rows (``M c_j = c_j`` acting on columns: ``P c_j = 0``).
-
-    Args:
-        erase: (n, d) erase embeddings c_i.
-        guide: (n, d) guide embeddings c*_i, row-aligned with ``erase``.
-        keep: (m, d) rows held exactly.
-
-    Returns:
-        ``(M, rank)``: (d, d) float64 on :func:`solve_device` of ``erase``'s device, and the
-        number of kept directions held (the null space has ``d − rank``).
-
-    Raises:
-        NoRoomError: the kept rows have full rank d.
-    """
-    check_uce_settings(lamb, erase_scale, 0.0)
-    dev, d = solve_device(erase.device), erase.shape[-1]
-    ce, cg = _rows(erase, d, dev, "erase"), _rows(guide, d, dev, "guide")
-    if cg.shape != ce.shape:
-        raise ValueError(
-            f"erase and guide embeddings must align row by row, got {tuple(ce.shape)} and {tuple(cg.shape)}"
-        )
-    P, rank = _projector(_rows(keep, d, dev, "keep"), check_rank_tol(rank_tol))
-    _room(rank, d, rank_tol)
-    M = _null_space_delta((cg - ce).T, ce, P, lamb, erase_scale)
-    M.diagonal().add_(1.0)
-    return _check_finite(M, "the null-space solve"), rank
-
-
-def influence(M: torch.Tensor, G: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """How far the edit ``W_l ← W_l M`` moves each row's keys and values, over all matrices.
-
-    For each row c_j, ``s_j = √(Σ_l ‖W_l (M − I) c_jᵀ‖²) = √(x_jᵀ G x_j)`` with ``x_j = (M − I) c_jᵀ``
-    and ``G = Σ_l W_lᵀ W_l`` (:func:`gram`).  SPEED's Influence-based Prior Filtering scores kept
-    rows this way with the *unconstrained* erase edit, and holds only the most influenced
-    (:func:`filter_priors`): the others barely move anyway.
-
-    Args:
-        M: (d, d) an edit's map (e.g. :func:`uce_map` with nothing preserved).
-        G: (d, d) ``Σ_l W_lᵀ W_l``.
-        rows: (m, d) the rows to score.
-
-    Returns:
-        (m,) float64 scores, on :func:`solve_device` of ``M``'s device.
-    """
-    dev, d = solve_device(M.device), M.shape[0]
-    M64, G64, c = _f64(M, dev, "M"), _f64(G, dev, "G"), _rows(rows, d, dev, "rows")
-    X = M64 @ c.T - c.T  # (d, m)
-    return ((G64 @ X) * X).sum(0).clamp_min(0).sqrt()
-
-
-def filter_priors(scores: torch.Tensor) -> torch.Tensor:
-    """SPEED's prior filter: the rows whose influence is above the mean (a boolean mask).
-
-    Args:
-        scores: (m,) from :func:`influence`.
-
-    Returns:
-        (m,) bool, True for the rows to hold exactly.
-    """
-    if scores.ndim != 1 or scores.numel() == 0:
-        raise ValueError(f"scores must be a non-empty 1-d tensor, got shape {tuple(scores.shape)}")
-    return scores > scores.mean()
+__all__ = [
+    "REGULARISERS", "Grams", "NoRoomError", "Reg", "SolveError", "check_derivation_settings", "check_rank_tol",
+    "check_uce_settings", "derive_embedding", "filter_priors", "gram", "influence", "null_space_map",
+    "null_space_projector", "null_space_weights", "residual", "solve_device", "uce_map", "uce_weights",
+]  # fmt: skip
