@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from rece_lite.settings import EDIT
 from rece_lite.solve import _back, _check_finite, _f64, _number, _rows, check_uce_settings, solve_device
 
 
@@ -110,8 +111,8 @@ def null_space_weights(
     targets: torch.Tensor,
     keep: torch.Tensor | None,
     *,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
+    lamb: float = EDIT.lamb,
+    erase_scale: float = EDIT.erase_scale,
     rank_tol: float = 1e-6,
 ) -> torch.Tensor:
     """UCE's erase and λ terms, minimised with the kept rows' outputs held exactly (SPEED, AlphaEdit).
@@ -161,8 +162,8 @@ def null_space_map(
     guide: torch.Tensor,
     keep: torch.Tensor | None,
     *,
-    lamb: float = 0.1,
-    erase_scale: float = 1.0,
+    lamb: float = EDIT.lamb,
+    erase_scale: float = EDIT.erase_scale,
     rank_tol: float = 1e-6,
 ) -> tuple[torch.Tensor, int]:
     """The ``d x d`` matrix M with ``null_space_weights(W, c, W c*, c_keep) == W @ M`` for every W.

@@ -337,6 +337,9 @@ def pyrun(ctx: Ctx, code: str, timeout: float = 60, fsize: int | None = None, wa
                TOKENIZERS_PARALLELISM="false", PYTHONPATH=str(REPO))  # fmt: skip
 
     def limit():
+        # SIGINT as a terminal delivers it: a probe started in the background (`cmd &`) ignores SIGINT, and its
+        # children would inherit that (Python then installs no KeyboardInterrupt handler)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         if fsize is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
