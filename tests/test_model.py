@@ -92,7 +92,7 @@ def test_the_classifier_stays_in_work_unless_out_is_the_shipped_model(tmp_path):
 def test_a_finished_run_changes_nothing_when_run_again(tmp_path):
     _train(tmp_path)
     before = (tmp_path / "work" / "diffusion_state.safetensors").read_bytes()
-    _train(tmp_path)
+    _train(tmp_path, "--force")  # --out exists now: replacing it is the user's say (issue 22)
     assert (tmp_path / "work" / "diffusion_state.safetensors").read_bytes() == before
 
 
@@ -120,14 +120,14 @@ def test_small_schedules_train(tmp_path):
 def test_resuming_with_other_settings_is_refused(tmp_path, change, capsys):
     _train(tmp_path)
     with pytest.raises(SystemExit, match="was made with"):
-        _train(tmp_path, *change)
+        _train(tmp_path, "--force", *change)
 
 
 def test_a_corrupt_state_file_is_named(tmp_path):
     _train(tmp_path)
     (tmp_path / "work" / "diffusion_state.safetensors").write_bytes(b"not a state file")
     with pytest.raises(SystemExit, match="diffusion_state.safetensors is not a readable state file"):
-        _train(tmp_path)
+        _train(tmp_path, "--force")
 
 
 @pytest.mark.parametrize(

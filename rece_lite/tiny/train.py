@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import copy
 import json
-import math
 import os
 import re
 import shlex
@@ -37,256 +36,38 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from rece_lite.attention.maps import capture_probs, token_loss
-from rece_lite.evaluate import ShapeNet, augment
-from rece_lite.files import UsageError, check_out, save_tensors, staged_dir
-from rece_lite.pipeline import _check_device, assemble_pipeline
+from rece_lite.files import UsageError, check_out, staged_dir
+from rece_lite.loading import assemble_pipeline, check_device, default_device
 from rece_lite.tiny import model as tm
 from rece_lite.tiny import world
+from rece_lite.tiny.train_config import (  # noqa: F401  (re-exported: `train.TrainConfig`, `train.lr_at` keep working)
+    TrainConfig,
+    TrainingError,
+    _gen,
+    _load_state,
+    _save_state,
+    _set_lr,
+    _to_tensor,
+    lr_at,
+)
+from rece_lite.tiny.train_stages import (  # noqa: F401  (re-exported)
+    classifier_batch,
+    encode_latents,
+    train_classifier,
+    train_vae,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data"
-
-
-class TrainingError(Exception):
-    """A setting or a state file the training cannot use: printed as one line, exit status 2."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides what the training produces.
-
-    Attributes:
-        seed: seeds the pictures, the weights and every step's draws.
-        images: pictures in the training set.
-        two_object_rate: share of pictures with two objects (0: the one-object world).
-        vae_steps, classifier_steps, steps: optimiser steps of the three stages.
-        batch: samples per step, every stage.
-        lr: the UNet and text encoder's peak learning rate (AdamW).
-        warmup: steps of linear warm-up before the cosine decay.
-        final_lr: the decay's floor, as a share of ``lr``.
-        weight_decay: AdamW's, for the UNet and text encoder.
-        ema: the exponential moving average's decay (of the shipped weights).
-        vae_lr, classifier_lr: the other stages' peak learning rates.
-        init: a saved pipeline folder to fine-tune ("": train from scratch).
-        ground_weight: w, the weight of the token loss (0: the denoising loss alone).
-        model: the sizes of every part.
-    """
-
-    seed: int = 0
-    images: int = 40_000
-    two_object_rate: float = 0.0
-    vae_steps: int = 1500
-    classifier_steps: int = 600
-    steps: int = 10_000
-    batch: int = 64
-    lr: float = 5e-4
-    warmup: int = 300
-    final_lr: float = 0.1
-    weight_decay: float = 1e-2
-    ema: float = 0.999
-    vae_lr: float = 1e-3
-    classifier_lr: float = 2e-3
-    init: str = ""
-    ground_weight: float = 0.0
-    model: tm.ModelConfig = field(default_factory=tm.ModelConfig)
-
-    def check(self) -> None:
-        """Refuse settings that cannot train, naming the option."""
-        for name in ("images", "vae_steps", "classifier_steps", "steps", "batch"):
-            if getattr(self, name) < 1:
-                raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.two_object_rate <= 1.0:
-            raise TrainingError(f"--two-object-rate must be in [0, 1], got {self.two_object_rate}")
-        for name in ("lr", "vae_lr", "classifier_lr"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
-                raise TrainingError(
-                    f"--{name.replace('_', '-')} must be a finite number > 0, got {getattr(self, name)}"
-                )
-        if self.warmup < 0:
-            raise TrainingError(f"--warmup must be >= 0, got {self.warmup}")
-        for name in ("final_lr", "ema"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise TrainingError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("weight_decay", "ground_weight"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise TrainingError(
-                    f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}"
-                )
-        m = self.model
-        for name in ("size", "unet_heads", "text_width", "text_layers", "text_heads"):
-            if getattr(m, name) < 1:
-                raise TrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(m, name)}")
-        for name in ("vae_channels", "unet_channels"):
-            if not getattr(m, name) or min(getattr(m, name)) < 1:
-                raise TrainingError(f"--{name.replace('_', '-')} must be one or more numbers >= 1")
-        if m.size % 2 ** (len(m.vae_channels) - 1):
-            raise TrainingError(f"--size {m.size} is not a multiple of the VAE's downsampling")
-        if any(c % m.unet_heads for c in m.unet_channels):
-            raise TrainingError(
-                f"--unet-heads {m.unet_heads} does not divide every --unet-channels {list(m.unet_channels)}"
-            )
-        if m.text_width % m.text_heads:
-            raise TrainingError(f"--text-width {m.text_width} is not a multiple of --text-heads {m.text_heads}")
-
-    def stage(self, name: str) -> dict:
-        """The settings a stage's state depends on (a resumed stage must match them)."""
-        m = asdict(self.model)
-        keys = {
-            "vae": dict(seed=self.seed, images=self.images, two_object_rate=self.two_object_rate,
-                        steps=self.vae_steps, batch=self.batch, lr=self.vae_lr, size=m["size"],
-                        channels=m["vae_channels"]),
-            "classifier": dict(seed=self.seed, steps=self.classifier_steps, batch=self.batch, lr=self.classifier_lr),
-            "diffusion": {**{f.name: getattr(self, f.name) for f in fields(self)
-                             if f.name not in ("classifier_steps", "classifier_lr", "model")}, "model": m},
-        }  # fmt: skip
-        return json.loads(json.dumps(keys[name]))  # tuples as lists, as they come back from a file
-
-
-def lr_at(step: int, total: int, warmup: int, final: float) -> float:
-    """The learning rate at ``step`` as a share of the peak.
-
-    1) linear warm-up over ``warmup`` steps; 2) cosine decay from 1 to ``final`` over
-    ``total`` steps (and ``final`` after them).
-    """
-    rise = min(1.0, (step + 1) / max(1, warmup))
-    progress = min(step, total) / max(1, total)
-    return rise * (final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
-def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        group["lr"] = lr
-
-
-def _gen(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(n, H, W, 3) uint8 -> (n, 3, H, W) float in [-1, 1], as SD's VAE expects."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-# ------------------------------------------------------------------------ state files
-def _save_state(tensors: dict[str, torch.Tensor], path: Path, settings: dict) -> None:
-    save_tensors(tensors, path, {"rece_lite.settings": json.dumps(settings, sort_keys=True)})
-
-
-def _load_state(path: Path, settings: dict) -> dict[str, torch.Tensor]:
-    """A stage's saved tensors, if they were made with ``settings``; a clear error otherwise."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            saved = json.loads((f.metadata() or {}).get("rece_lite.settings", "null"))
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise TrainingError(
-            f"{path} is not a readable state file ({type(e).__name__}: {e}); delete it to redo that stage"
-        ) from None
-    if saved != settings:
-        diff = sorted(k for k in set(settings) | set(saved or {}) if (saved or {}).get(k) != settings.get(k))
-        was = ", ".join(f"{k}={(saved or {}).get(k)!r}" for k in diff)
-        now = ", ".join(f"{k}={settings.get(k)!r}" for k in diff)
-        raise TrainingError(
-            f"{path} was made with {was or 'unrecorded settings'}, not {now}: rerun with the settings it was made "
-            "with, or give another --work to start afresh"
-        )
-    return tensors
-
-
-# ----------------------------------------------------------------------------- vae
-def train_vae(images: np.ndarray, cfg: TrainConfig, work: Path, device: str = "cpu") -> torch.nn.Module:
-    path = work / "vae.safetensors"
-    settings = cfg.stage("vae")
-    torch.manual_seed(cfg.seed)  # before building: the initial weights are part of the run
-    vae = tm.build_vae(cfg.model)
-    if path.exists():
-        vae.load_state_dict(_load_state(path, settings))
-        return vae
-    vae.to(device)
-    x_all = _to_tensor(images)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
-    bar = tqdm(range(cfg.vae_steps), desc="vae")
-    for k in bar:
-        _set_lr(opt, cfg.vae_lr * lr_at(k, cfg.vae_steps, max(1, cfg.vae_steps // 20), 0.01))
-        idx = torch.randint(0, len(x_all), (cfg.batch,), generator=_gen(cfg.seed, k))
-        x = x_all[idx].to(device)
-        post = vae.encode(x).latent_dist
-        eps = torch.randn(post.mean.shape, generator=_gen(cfg.seed + 1, k)).to(device)
-        rec = vae.decode(post.mean + post.std * eps).sample
-        loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if k % 50 == 0:
-            psnr = 10 * math.log10(4.0 / F.mse_loss(rec, x).item())
-            bar.set_postfix(psnr=f"{psnr:.1f}dB")
-    vae.cpu()
-    _save_state(vae.state_dict(), path, settings)
-    return vae
-
-
-@torch.no_grad()
-def encode_latents(vae: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
-    vae.eval()
-    x = _to_tensor(images)
-    return torch.cat([vae.encode(x[i : i + 512]).latent_dist.mean for i in range(0, len(x), 512)])
-
-
-# ---------------------------------------------------------------------- classifier
-def train_classifier(cfg: TrainConfig, out: Path) -> None:
-    """The evaluator's shape CNN, written to ``out`` (skipped when ``out`` was made with these settings)."""
-    settings = cfg.stage("classifier")
-    if out.exists():
-        _load_state(out, settings)
-        return
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    net = ShapeNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.classifier_lr, weight_decay=1e-4)
-    bar = tqdm(range(cfg.classifier_steps), desc="shape classifier")
-    for k in bar:
-        _set_lr(opt, cfg.classifier_lr * lr_at(k, cfg.classifier_steps, max(1, cfg.classifier_steps // 10), 0.01))
-        x, y = classifier_batch(cfg.batch, rng)
-        x = augment(x, _gen(cfg.seed, k))
-        loss = F.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if k % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    _save_state(net.state_dict(), out, settings)
-
-
-def classifier_batch(n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pictures in arbitrary colours (the CNN must judge shape alone) plus empty ones.
-
-    Returns (n, 3, SIZE, SIZE) float in [0, 1] and labels in 0..len(SHAPES) (the last: no object).
-    """
-    imgs, labels = [], []
-    for _ in range(n):
-        label = int(rng.integers(0, len(world.SHAPES) + 1))
-        if label == len(world.SHAPES):
-            s = world.render(0, 0, rng)
-            bg = s.image.astype(np.float32)
-            img = np.full_like(bg, float(np.median(bg))) + rng.normal(0, 2, size=bg.shape)
-            imgs.append(np.clip(img, 0, 255).astype(np.uint8))
-        else:
-            rgb = tuple(rng.uniform(0, 255, size=3)) if rng.random() < 0.5 else None
-            imgs.append(world.render(label, int(rng.integers(0, len(world.COLOURS))), rng, rgb=rgb).image)
-        labels.append(label)
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255.0
-    return x, torch.tensor(labels)
 
 
 # ----------------------------------------------------------------------- diffusion
@@ -524,7 +305,7 @@ def parse(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
     _add_fields(p, TrainConfig, skip=("model",))
     _add_fields(p, tm.ModelConfig, defaults=False)
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between saved states and exports")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--device", default=None, help="default: cuda, else mps, else cpu (rece_lite.loading.default_device)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     a = p.parse_args(argv)
     a.command = "python -m rece_lite.tiny.train " + shlex.join(sys.argv[1:] if argv is None else argv)
@@ -550,7 +331,7 @@ def parse(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
             raise TrainingError(f"--threads must be >= 1, got {a.threads}")
         if a.device is not None:
             try:
-                _check_device(a.device)
+                check_device(a.device)
             except (TypeError, ValueError) as e:
                 raise TrainingError(f"--device {a.device}: {e}") from None
         if a.classifier is None:
@@ -594,7 +375,7 @@ def _load_init(folder: Path, device: str):
 def run(cfg: TrainConfig, a: argparse.Namespace) -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = a.device or default_device()
     t_start = time.time()
     print(f"generating {cfg.images} pictures ...", flush=True)
     scenes = world.generate_scenes(cfg.images, seed=cfg.seed, two_object_rate=cfg.two_object_rate,
