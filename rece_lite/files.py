@@ -268,7 +268,7 @@ def save_tensors(
         WriteError: (an ``OSError``) naming ``path`` (not the temp file) and the cause when its
             folder is missing or read-only or the disk is full; no temp file is left behind.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     path = Path(path)
     if not path.parent.is_dir():
@@ -279,11 +279,18 @@ def save_tensors(
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as e:
         raise WriteError(e.errno or errno.EIO, f"cannot write {path}: {e.strerror}") from None
-    os.close(fd)
     try:
         with _cleanup_on_sigterm():
             try:
-                save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+                # serialised here and written through our own temp file: safetensors' save_file writes through
+                # a temp file of its own (".tmpXXXXXX") that a killed process leaves where no recovery knows it
+                data = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=metadata)
+                with os.fdopen(fd, "wb") as f:
+                    fd = -1
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                del data
                 os.chmod(tmp, 0o666 & ~_umask())
                 os.replace(tmp, path)
             except Exception as e:
@@ -292,6 +299,9 @@ def save_tensors(
                     raise
                 raise err from e
     except BaseException:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise

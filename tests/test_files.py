@@ -226,17 +226,30 @@ def test_a_full_disk_inside_a_staged_folder_is_one_line_naming_out(tmp_path):
 
 
 def test_a_full_disk_in_save_tensors_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
-    import safetensors.torch as stt
-    from safetensors import SafetensorError
+    import errno
 
     target = tmp_path / "w.safetensors"
     target.write_bytes(b"old")
+    real_fdopen = os.fdopen
 
-    def full(tensors, filename, metadata=None):
-        open(filename, "wb").write(b"half")
-        raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"x\" })")
+    class Full:
+        """The temp file's handle on a disk that fills after 4 bytes."""
 
-    monkeypatch.setattr(stt, "save_file", full)
+        def __init__(self, fd, mode):
+            self.f = real_fdopen(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[:4])
+            self.f.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fdopen", Full)
     with pytest.raises(files.WriteError, match=f"cannot write {target}: No space left on device"):
         save_tensors({"w": torch.zeros(2)}, target)
     assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]

@@ -43,22 +43,35 @@ def register_disk() -> None:
 
     add(cat, "training, the disk fills: one line naming the file", train_full, ("workdir_x", "outdir"), limit=150)
 
-    def inject(exc_text: str, target: str):
+    def inject(exc: OSError, target: str):
+        """The disk fills while rece-lite writes its temp file (``files.save_tensors`` writes the serialised
+        bytes itself): half a file, then ``exc``."""
+
         def fn(ctx):
-            import safetensors.torch as stt
-            from safetensors import SafetensorError
+            from rece_lite import files
 
-            real = stt.save_file
+            real = files.os.fdopen
 
-            def failing(tensors, filename, metadata=None):
-                Path(filename).write_bytes(b"half a file")
-                raise SafetensorError(exc_text) if "Os {" in exc_text else OSError(28, exc_text)
+            class Full:
+                def __init__(self, fd, mode):
+                    self.f = real(fd, mode)
+
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *a):
+                    self.f.close()
+
+                def write(self, data):
+                    self.f.write(data[: len(data) // 2])
+                    self.f.flush()
+                    raise exc
 
             snap = rl.snapshot(ctx.pipe)
             path = ctx.tmp / "pp.safetensors"
             path.write_bytes(b"old")
             ctx.arm()
-            stt.save_file = failing
+            files.os.fdopen = Full
             try:
                 if target == "save":
                     snap.save(path)
@@ -68,15 +81,16 @@ def register_disk() -> None:
                     ctx.arm()
                     patch.to_lora(path, base=snap)
             finally:
-                stt.save_file = real
+                files.os.fdopen = real
                 if path.read_bytes() != b"old":
                     raise Broken("the existing file was overwritten by a failed write")
 
         return fn
 
-    rust = 'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
-    add(cat, "Patch.save, safetensors reports a full disk", inject(rust, "save"), "pp.safetensors")
-    add(cat, "Patch.to_lora, the disk fills", inject("No space left on device", "lora"), "pp.safetensors")
+    add(cat, "Patch.save, the disk fills mid-write (ENOSPC)", inject(OSError(28, "No space left on device"), "save"),
+        "pp.safetensors")  # fmt: skip
+    add(cat, "Patch.to_lora, the disk fills (EDQUOT)", inject(OSError(122, "Disk quota exceeded"), "lora"),
+        "pp.safetensors")  # fmt: skip
 
     def pretrained_full(ctx):
         out = ctx.tmp / "saved"
