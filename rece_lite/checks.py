@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 
+from rece_lite.errors import InputError
+
 #: The safetensors key under which a patch file keeps its map's witness (no module has this name).
 WITNESS_KEY = "rece_lite.witness"
 _WITNESS_COLUMNS, _WITNESS_SEED = 2, 22
@@ -33,9 +35,9 @@ PARTS = ("unet", "text_encoder", "text_encoder_2", "vae")
 def non_blank(text: object, what: str) -> None:
     """Refuse a string that is empty or only white space (other types are left to the caller)."""
     if isinstance(text, str) and not text.strip():
-        raise ValueError(f"{what} is {'empty' if not text else 'blank (only spaces)'}: give {_give(what)}")
+        raise InputError(f"{what} is {'empty' if not text else 'blank (only spaces)'}: give {_give(what)}")
     if isinstance(text, os.PathLike) and not os.fspath(text).strip():
-        raise ValueError(f"{what} is empty: give {_give(what)}")
+        raise InputError(f"{what} is empty: give {_give(what)}")
 
 
 def _give(what: str) -> str:
@@ -46,7 +48,7 @@ def finite(tensors: dict[str, torch.Tensor], what: str) -> None:
     """Refuse tensors holding NaN or inf, naming the first such entry of ``tensors``."""
     for name, t in tensors.items():
         if isinstance(t, torch.Tensor) and t.is_floating_point() and not t.is_meta and not torch.isfinite(t).all():
-            raise ValueError(f"{what}: {name} holds NaN or inf; nothing was written")
+            raise InputError(f"{what}: {name} holds NaN or inf; nothing was written")
 
 
 def finite_modules(modules: dict[str, torch.nn.Module | None], what: str) -> None:
@@ -56,7 +58,7 @@ def finite_modules(modules: dict[str, torch.nn.Module | None], what: str) -> Non
             continue
         for name, t in list(module.named_parameters()) + list(module.named_buffers()):
             if t.is_floating_point() and not t.is_meta and not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{what}: {part}.{name} holds NaN or inf; nothing was written")
+                raise InputError(f"{what}: {part}.{name} holds NaN or inf; nothing was written")
 
 
 def no_unfused_lora(projections: dict[str, torch.nn.Module], what: str = "pipe") -> None:
@@ -65,7 +67,7 @@ def no_unfused_lora(projections: dict[str, torch.nn.Module], what: str = "pipe")
         if not hasattr(m, "base_layer") or not getattr(m, "lora_A", None):
             continue
         if not getattr(m, "merged", False):
-            raise ValueError(
+            raise InputError(
                 f"{what} has a LoRA adapter that is not fused ({name}): an edit of the weights would ignore the "
                 "LoRA's part; call pipe.fuse_lora() first (or pipe.unload_lora_weights() to drop it)"
             )
@@ -95,7 +97,7 @@ def check_map(weights: dict[str, torch.Tensor], edit_map: torch.Tensor, witness:
     d = edit_map.shape[0]
     rows = sum(w.shape[0] for w in weights.values())
     if not isinstance(witness, torch.Tensor) or tuple(witness.shape) != (rows, _WITNESS_COLUMNS):
-        raise ValueError(f"{what}: its map's witness has shape {tuple(getattr(witness, 'shape', ()))}, not "
+        raise InputError(f"{what}: its map's witness has shape {tuple(getattr(witness, 'shape', ()))}, not "
                          f"({rows}, {_WITNESS_COLUMNS}): the file was changed after it was written")  # fmt: skip
     X = _columns(d)
     M = edit_map.detach().to("cpu", torch.float64)
@@ -103,14 +105,14 @@ def check_map(weights: dict[str, torch.Tensor], edit_map: torch.Tensor, witness:
         MinvX = torch.linalg.solve(M, X)
         inv_norm = 1.0 / float(torch.linalg.svdvals(M)[-1])
     except RuntimeError:
-        raise ValueError(f"{what}: its map is singular, so it is no edit of these weights") from None
+        raise InputError(f"{what}: its map is singular, so it is no edit of these weights") from None
     ws = [weights[n].detach().to("cpu", torch.float64) for n in sorted(weights)]
     now, back = torch.cat([w @ X for w in ws]), torch.cat([w @ MinvX for w in ws])
     eps = max(torch.finfo(w.dtype).eps for w in weights.values())
     tol = 0.1 * float((now - witness).norm()) + 10 * eps * float(now.norm()) * max(1.0, inv_norm)
     miss = float((back - witness).norm())
     if not miss <= tol:
-        raise ValueError(
+        raise InputError(
             f"{what}: its stored map does not belong to its weights (W · M⁻¹ misses the weights before the edit by "
             f"{miss:.3g}, allowed {tol:.3g}): the map is another edit's; re-make the patch, or give base="
         )
@@ -119,7 +121,7 @@ def check_map(weights: dict[str, torch.Tensor], edit_map: torch.Tensor, witness:
 def check_stored_map(patch) -> None:
     """Before a patch's map is used without the weights before the edit (``to_lora`` without ``base=``)."""
     if patch.witness is None:
-        raise ValueError(
+        raise InputError(
             "this patch's map cannot be checked against its weights (the patch was made by hand, or saved by a "
             "rece-lite older than its map's check): give base=, the snapshot taken before the edit "
             "(rl.snapshot(pipe) before erasing), or re-make the patch"
@@ -130,10 +132,10 @@ def check_stored_map(patch) -> None:
 def check_loaded_patch(patch, path: str | os.PathLike) -> None:
     """A patch read from ``path``: its map finite, and its map and weights one edit's (when it keeps a witness)."""
     if patch.map is not None and not torch.isfinite(patch.map).all():
-        raise ValueError(f"{path}: its stored map holds NaN or inf")
+        raise InputError(f"{path}: its stored map holds NaN or inf")
     if patch.witness is not None:
         if patch.map is None:
-            raise ValueError(f"{path}: it holds a map's witness but no map: the file was changed after it was written")
+            raise InputError(f"{path}: it holds a map's witness but no map: the file was changed after it was written")
         check_map(patch.weights, patch.map, patch.witness, str(path))
 
 
@@ -150,12 +152,12 @@ def check_model_folder(folder: str | os.PathLike, error: BaseException) -> None:
     try:
         index = json.loads(index_path.read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"could not load {folder}: {index_path} is not readable JSON ({_first(e)})") from error
+        raise InputError(f"could not load {folder}: {index_path} is not readable JSON ({_first(e)})") from error
     parts = {k: v for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0]}
     for part in parts:
         sub = folder / part
         if not sub.is_dir():
-            raise ValueError(f"could not load {folder}: its part {part!r} has no folder {sub}") from error
+            raise InputError(f"could not load {folder}: its part {part!r} has no folder {sub}") from error
         for f in sorted(sub.iterdir()):
             _check_file(folder, f, error)
     for part, (lib, cls_name) in parts.items():
@@ -169,7 +171,7 @@ def check_model_folder(folder: str | os.PathLike, error: BaseException) -> None:
             cls.from_pretrained(str(folder / part))
         except Exception as e:  # noqa: BLE001 - any failure of one part names it
             files = ", ".join(p.name for p in sorted((folder / part).iterdir()))
-            raise ValueError(
+            raise InputError(
                 f"could not load {folder}: its part {folder / part} ({files}) does not load: {_first(e)}"
             ) from error
 
@@ -184,7 +186,7 @@ def check_loaded_weights(pipe, folder: str | os.PathLike) -> None:
             finite_modules({part: module}, "")
         except ValueError as e:
             bad = str(e).split(": ")[1].split(" holds")[0]
-            raise ValueError(f"could not load {folder}: {Path(folder) / part} holds NaN or inf ({bad})") from None
+            raise InputError(f"could not load {folder}: {Path(folder) / part} holds NaN or inf ({bad})") from None
 
 
 def _check_file(folder: Path, f: Path, error: BaseException) -> None:
@@ -192,7 +194,7 @@ def _check_file(folder: Path, f: Path, error: BaseException) -> None:
         try:
             json.loads(f.read_text())
         except (OSError, ValueError) as e:
-            raise ValueError(f"could not load {folder}: {f} is not readable JSON ({_first(e)})") from error
+            raise InputError(f"could not load {folder}: {f} is not readable JSON ({_first(e)})") from error
     elif f.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
 
@@ -200,7 +202,7 @@ def _check_file(folder: Path, f: Path, error: BaseException) -> None:
             with safe_open(str(f), framework="pt") as sf:
                 list(sf.keys())
         except (OSError, SafetensorError) as e:
-            raise ValueError(f"could not load {folder}: {f} is not a whole safetensors file ({_first(e)})") from error
+            raise InputError(f"could not load {folder}: {f} is not a whole safetensors file ({_first(e)})") from error
 
 
 def _first(e: BaseException) -> str:

@@ -309,7 +309,7 @@ ANSWERS: dict[str, Callable[..., tuple[object, str]]] = {
     "04.3": lambda: ("grow", "the surrogate trades the original's keys and values for the edited model's own."),
     "05.3": lambda: ("worse", "a larger ridge term never fits better: the fit term is minimised over a smaller ball."),
     "06.1": lambda: (1.0, "a uniform map puts on the object exactly the object's share of the picture."),
-    "06.2": lambda probe: (1 / float(probe.mean()), "all the mass on the object: 1 / (the object's share of the picture)."),
+    "06.2": lambda probe: (1 / float(probe.mean()), "all the mass on the object: 1 / (its share of the picture)."),
     "06.3": lambda per_token: (int(per_token.mean(0).argmax()), "the position whose average share is the largest."),
     "06.4": lambda: ("false", "a map shows where the pixels look (keys), not what the words say (values)."),
 }

@@ -143,24 +143,37 @@ def register_files() -> None:
          patch=lambda c: rl.Patch(rl.snapshot(c.pipe).weights, rl.snapshot(c.pipe).fingerprint, {"a": object()}))
 
     def save_fault(exc):
+        """``exc`` raised halfway through writing the temp file (``files.save_tensors`` writes the bytes itself)."""
+
         def fn(ctx):
-            import safetensors.torch as stt
+            from rece_lite import files
 
             path = ctx.tmp / "p.safetensors"
             path.write_bytes(b"old contents")
             snap = rl.snapshot(ctx.pipe)
-            real = stt.save_file
+            real = files.os.fdopen
 
-            def failing(tensors, filename, metadata=None):
-                Path(filename).write_bytes(b"half a file")
-                raise exc
+            class Failing:
+                def __init__(self, fd, mode):
+                    self.f = real(fd, mode)
+
+                def __enter__(self):
+                    return self
+
+                def __exit__(self, *a):
+                    self.f.close()
+
+                def write(self, data):
+                    self.f.write(data[: len(data) // 2])
+                    self.f.flush()
+                    raise exc
 
             ctx.arm()
-            stt.save_file = failing
+            files.os.fdopen = Failing
             try:
                 snap.save(path)
             finally:
-                stt.save_file = real
+                files.os.fdopen = real
                 if path.read_bytes() != b"old contents":
                     raise Broken(f"the existing {path.name} was overwritten by a failed save")
 

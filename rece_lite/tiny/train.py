@@ -305,7 +305,7 @@ def parse(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
     _add_fields(p, TrainConfig, skip=("model",))
     _add_fields(p, tm.ModelConfig, defaults=False)
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between saved states and exports")
-    p.add_argument("--device", default=None, help="default: cuda, else mps, else cpu (rece_lite.loading.default_device)")
+    p.add_argument("--device", default=None, help="default: cuda, else mps, else cpu")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
     a = p.parse_args(argv)
     a.command = "python -m rece_lite.tiny.train " + shlex.join(sys.argv[1:] if argv is None else argv)
