@@ -170,7 +170,7 @@ def _base_weights(base: Snapshot | Pipeline, fingerprint: str | None) -> dict[st
                 f"the edit was applied to, got {type(base).__name__}"
             )
         weights = {n: m.weight.detach() for n, m in layers.projections(unet).items()}
-        fp, what = layers.fingerprint(base if getattr(base, "unet", None) is unet else unet), "pipeline"
+        fp, what = layers.fingerprint(base), "pipeline"
     if fingerprint and fp and not layers.same_model(fp, fingerprint):
         raise InputError(
             f"base: this patch was made for model {fingerprint}, not for the base {what}'s model ({fp}): "

@@ -42,7 +42,7 @@ from rece_lite.erase import (
     _erase_rows,
     edit_metadata,
 )
-from rece_lite.settings import EDIT, NULL_SPACE
+from rece_lite.settings import EDIT, NULL_SPACE, RECE
 
 #: The default rank tolerance of the pipeline edits: every direction of the kept rows is held,
 #: up to rounding (:func:`rece_lite.closed_form.null_space_projector`).
@@ -163,9 +163,9 @@ def null_space_rece(
     guide: Item | Sequence[Item] = "",
     keep: Sequence[Item] = (),
     *,
-    epochs: int = 2,
-    reg: cf.Reg = "zero",
-    reg_scale: float = 0.01,
+    epochs: int = RECE.epochs,
+    reg: cf.Reg = RECE.reg,
+    reg_scale: float = RECE.reg_scale,
     lamb: float = EDIT.lamb,
     erase_scale: float = EDIT.erase_scale,
     rank_tol: float = RANK_TOL,

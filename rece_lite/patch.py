@@ -118,7 +118,7 @@ class Patch:
         """Write these weights into ``pipe``'s UNet (all or none), in each matrix's device and dtype."""
         unet = _unet(pipe, "Patch.apply")
         mods = layers.projections(unet)
-        fp = layers.fingerprint(pipe if getattr(pipe, "unet", None) is unet else unet)
+        fp = layers.fingerprint(pipe)
         if not layers.same_model(fp, self.fingerprint):
             raise InputError(
                 f"this patch was made for model {self.fingerprint}, not this one ({fp}): load the model it was made "
@@ -310,7 +310,7 @@ def snapshot(pipe) -> Patch:
     mods = layers.projections(unet)
     return Patch(
         {n: m.weight.detach().clone() for n, m in mods.items()},
-        layers.fingerprint(pipe if getattr(pipe, "unet", None) is unet else unet),
+        layers.fingerprint(pipe),
         {"kind": "snapshot"},
     )
 

@@ -7,7 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .harness import PY, TRAIN_BASE, Broken, Weak, add, clear, one_line_refusal, pyrun, tiny_erase_args
+from .harness import (
+    PY,
+    TRAIN_BASE,
+    Broken,
+    Weak,
+    add,
+    clear,
+    disk_fails_mid_write,
+    one_line_refusal,
+    pyrun,
+    tiny_erase_args,
+)
 
 
 def register_disk() -> None:
@@ -48,40 +59,20 @@ def register_disk() -> None:
         bytes itself): half a file, then ``exc``."""
 
         def fn(ctx):
-            from rece_lite import files
-
-            real = files.os.fdopen
-
-            class Full:
-                def __init__(self, fd, mode):
-                    self.f = real(fd, mode)
-
-                def __enter__(self):
-                    return self
-
-                def __exit__(self, *a):
-                    self.f.close()
-
-                def write(self, data):
-                    self.f.write(data[: len(data) // 2])
-                    self.f.flush()
-                    raise exc
-
             snap = rl.snapshot(ctx.pipe)
             path = ctx.tmp / "pp.safetensors"
             path.write_bytes(b"old")
             ctx.arm()
-            files.os.fdopen = Full
             try:
-                if target == "save":
-                    snap.save(path)
-                elif target == "lora":
-                    patch = rl.uce_erase(ctx.pipe, "red")
-                    snap.apply(ctx.pipe)
-                    ctx.arm()
-                    patch.to_lora(path, base=snap)
+                with disk_fails_mid_write(exc):
+                    if target == "save":
+                        snap.save(path)
+                    elif target == "lora":
+                        patch = rl.uce_erase(ctx.pipe, "red")
+                        snap.apply(ctx.pipe)
+                        ctx.arm()
+                        patch.to_lora(path, base=snap)
             finally:
-                files.os.fdopen = real
                 if path.read_bytes() != b"old":
                     raise Broken("the existing file was overwritten by a failed write")
 

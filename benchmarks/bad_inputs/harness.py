@@ -9,6 +9,7 @@ fault helpers that run code in a fresh Python with a full disk or without waitin
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -328,6 +329,36 @@ def edit_call(edit, **kw):
 # the model folder, files from other models, recorders misused.  Subprocesses get the fault; a probe
 # passes (held) when the old target is whole or the new one is, the error is one line naming the path
 # and its cause, and nothing is left behind (the next run into the same place cleans a killed one's).
+
+@contextlib.contextmanager
+def disk_fails_mid_write(exc: BaseException):
+    """Inside the block, every file :func:`rece_lite.files.save_tensors` writes gets half its bytes, then ``exc``
+    (the library writes the serialised bytes itself, through ``os.fdopen``)."""
+    from rece_lite import files
+
+    real = files.os.fdopen
+
+    class Failing:
+        def __init__(self, fd, mode):
+            self.f = real(fd, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+        def write(self, data):
+            self.f.write(data[: len(data) // 2])
+            self.f.flush()
+            raise exc
+
+    files.os.fdopen = Failing
+    try:
+        yield
+    finally:
+        files.os.fdopen = real
+
 
 def pyrun(ctx: Ctx, code: str, timeout: float = 60, fsize: int | None = None, wait: bool = True):
     """Run ``code`` in a fresh Python (this checkout's rece_lite); ``fsize``: RLIMIT_FSIZE, a disk that fills."""

@@ -10,7 +10,7 @@ import math
 import struct
 from pathlib import Path
 
-from .harness import Broken, add, other_pipe
+from .harness import Broken, add, disk_fails_mid_write, other_pipe
 
 
 def register_files() -> None:
@@ -146,34 +146,14 @@ def register_files() -> None:
         """``exc`` raised halfway through writing the temp file (``files.save_tensors`` writes the bytes itself)."""
 
         def fn(ctx):
-            from rece_lite import files
-
             path = ctx.tmp / "p.safetensors"
             path.write_bytes(b"old contents")
             snap = rl.snapshot(ctx.pipe)
-            real = files.os.fdopen
-
-            class Failing:
-                def __init__(self, fd, mode):
-                    self.f = real(fd, mode)
-
-                def __enter__(self):
-                    return self
-
-                def __exit__(self, *a):
-                    self.f.close()
-
-                def write(self, data):
-                    self.f.write(data[: len(data) // 2])
-                    self.f.flush()
-                    raise exc
-
             ctx.arm()
-            files.os.fdopen = Failing
             try:
-                snap.save(path)
+                with disk_fails_mid_write(exc):
+                    snap.save(path)
             finally:
-                files.os.fdopen = real
                 if path.read_bytes() != b"old contents":
                     raise Broken(f"the existing {path.name} was overwritten by a failed save")
 
