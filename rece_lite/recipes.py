@@ -105,10 +105,13 @@ def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None, conte
     Args:
         concept: a colour or shape of the world (or a synonym).
         context: also erase the concept *in context* (issue 19's hypothesis): for a colour,
-            "a red {shape}" -> "a grey {shape}" for every shape, preserving the other colours in
-            the same sentences; for a shape, "a {colour} triangle" -> "a {colour} shape" for every
-            colour, preserving the other shapes so.  The causal text encoder writes "red" into
-            the "star" row of "a red star" too, which the bare forms never touch.
+            "a photo of a red {shape}" -> "a photo of a grey {shape}" for every shape, preserving
+            the other colours in the same sentences; for a shape, "a photo of a {colour} triangle"
+            -> "a photo of a {colour} shape" for every colour, preserving the other shapes so.
+            The causal text encoder writes "red" into the "star" row of "a red star" too, which
+            the bare forms never touch.  The sentences are :data:`IN_CONTEXT_TEMPLATE`'s, which no
+            measurement asks ("a red star" is measured): an edit that names the measured prompts
+            themselves would be graded on its own training rows.
         guide: what the erased concept should become: a concept of the same kind, or ``""``
             (the unconditional branch, the paper's default).  Default: the harmless colour
             :data:`rece_lite.tiny.world.NEUTRAL` (grey) for a colour, ``""`` for a shape and for
@@ -136,20 +139,27 @@ def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None, conte
     return _in_context(recipe, c, guide) if context else recipe
 
 
+#: The sentence form the in-context recipe erases and preserves in: a training-caption form that no
+#: measurement uses (they ask "a red star", :meth:`rece_lite.tiny.world.Concept.prompts`), so what the
+#: report and the notebooks measure is the edit's reach to sentences it was not given.
+IN_CONTEXT_TEMPLATE = "a photo of a {c} {s}"
+
+
 def _in_context(recipe: Recipe, c: world.Concept, guide: str) -> Recipe:
-    """``recipe`` plus the concept in every sentence "a {colour} {shape}" it can sit in (see :func:`tiny_recipe`)."""
+    """``recipe`` plus the concept in every sentence ``IN_CONTEXT_TEMPLATE`` can put it in (see :func:`tiny_recipe`)."""
     n = len(recipe.erase)
     guides = (recipe.guide,) * n if isinstance(recipe.guide, str) else recipe.guide
+    say = IN_CONTEXT_TEMPLATE.format
     if c.kind == "colour":
         others = [o for o in world.COLOURS if o not in (c.name, guide)]
-        erase = tuple(f"a {c.name} {s}" for s in world.SHAPES)
-        to = tuple(f"a {guide} {s}" if guide else "" for s in world.SHAPES)
-        keep = tuple(f"a {o} {s}" for o in others for s in world.SHAPES)
+        erase = tuple(say(c=c.name, s=s) for s in world.SHAPES)
+        to = tuple(say(c=guide, s=s) if guide else "" for s in world.SHAPES)
+        keep = tuple(say(c=o, s=s) for o in others for s in world.SHAPES)
     else:
         others = [o for o in world.SHAPES if o not in (c.name, guide)]
-        erase = tuple(f"a {col} {c.name}" for col in world.COLOURS)
-        to = tuple(f"a {col} {guide}" if guide else f"a {col} shape" for col in world.COLOURS)
-        keep = tuple(f"a {col} {o}" for col in world.COLOURS for o in others)
+        erase = tuple(say(c=col, s=c.name) for col in world.COLOURS)
+        to = tuple(say(c=col, s=guide or "shape") for col in world.COLOURS)
+        keep = tuple(say(c=col, s=o) for col in world.COLOURS for o in others)
     return replace(recipe, erase=recipe.erase + erase, guide=guides + to, preserve=recipe.preserve + keep)
 
 

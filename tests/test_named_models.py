@@ -12,6 +12,7 @@ import torch
 import rece_lite as rl
 from rece_lite import paths
 from rece_lite.recipes import recipe_for, tiny_recipe
+from rece_lite.tiny import world
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,12 +62,22 @@ def test_the_in_context_recipe_pairs_each_sentence_with_its_guide():
     red = tiny_recipe("red", context=True)
     pairs = dict(zip(red.erase, red.guide))
     assert len(red.erase) == len(red.guide)
-    assert pairs["a red star"] == "a grey star" and pairs["something red"] == "something grey"
+    assert pairs["a photo of a red star"] == "a photo of a grey star" and pairs["something red"] == "something grey"
     added = red.preserve[len(tiny_recipe("red").preserve) :]
-    assert "a blue star" in added and not any("red" in p for p in red.preserve)
-    assert not any(p.startswith("a grey ") for p in added)  # the guide is not held in place
+    assert "a photo of a blue star" in added and not any("red" in p for p in red.preserve)
+    assert not any("grey" in p for p in added)  # the guide is not held in place
     tri = tiny_recipe("triangle", context=True)
     pairs = dict(zip(tri.erase, tri.guide))
-    assert pairs["a green triangle"] == "a green shape" and pairs["a triangle"] == ""
-    assert "a green star" in tri.preserve and not any("triangle" in p for p in tri.preserve)
+    assert pairs["a photo of a green triangle"] == "a photo of a green shape" and pairs["a triangle"] == ""
+    assert "a photo of a green star" in tri.preserve and not any("triangle" in p for p in tri.preserve)
     assert tiny_recipe("red", context=False) == tiny_recipe("red")
+
+
+@pytest.mark.parametrize("concept", [*world.COLOURS, *world.SHAPES])
+@pytest.mark.parametrize("context", [False, True])
+def test_no_recipe_names_a_prompt_it_is_measured_on(concept, context):
+    """A recipe that erased or preserved the measured sentences would be graded on its own rows."""
+    c = world.Concept.parse(concept)
+    measured = {*c.prompts(), *c.prompts(synonyms=True), *c.other_prompts()[0]}
+    named = set(tiny_recipe(c, context=context).erase) | set(tiny_recipe(c, context=context).preserve)
+    assert not named & measured, sorted(named & measured)
