@@ -63,14 +63,16 @@ def test_the_in_context_recipe_pairs_each_sentence_with_its_guide():
     pairs = dict(zip(red.erase, red.guide))
     assert len(red.erase) == len(red.guide)
     assert pairs["a photo of a red star"] == "a photo of a grey star" and pairs["something red"] == "something grey"
-    added = red.preserve[len(tiny_recipe("red").preserve) :]
+    assert red == tiny_recipe("red")  # a colour toward grey: in context by default
+    added = red.preserve[len(tiny_recipe("red", context=False).preserve) :]
     assert "a photo of a blue star" in added and not any("red" in p for p in red.preserve)
     assert not any("grey" in p for p in added)  # the guide is not held in place
     tri = tiny_recipe("triangle", context=True)
     pairs = dict(zip(tri.erase, tri.guide))
     assert pairs["a photo of a green triangle"] == "a photo of a green shape" and pairs["a triangle"] == ""
     assert "a photo of a green star" in tri.preserve and not any("triangle" in p for p in tri.preserve)
-    assert tiny_recipe("red", context=False) == tiny_recipe("red")
+    assert tiny_recipe("triangle", context=False) == tiny_recipe("triangle")  # a shape: bare by default
+    assert tiny_recipe("grey") == tiny_recipe("grey", context=False)  # toward "": bare
 
 
 @pytest.mark.parametrize("concept", [*world.COLOURS, *world.SHAPES])

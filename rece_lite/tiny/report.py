@@ -226,7 +226,8 @@ def _after_shape_erased(pipe, shape: str, seeds: Sequence[int]) -> dict:
 
 
 def alignment(
-    pipe, concept: str, method: str, seeds: Sequence[int], long: Sequence[int], original=None, context: bool = False
+    pipe, concept: str, method: str, seeds: Sequence[int], long: Sequence[int], original=None,
+    context: bool | None = None,
 ) -> dict:
     """Erase ``concept`` with the recipe and ``method``; measure; put the weights back.
 
@@ -236,6 +237,7 @@ def alignment(
     """
     c = world.Concept.parse(concept)
     recipe = tiny_recipe(c, context=context)
+    context = len(recipe.erase) > len(tiny_recipe(c, context=False).erase)
     snap = snapshot(pipe)
     try:
         run = erase_and_measure(pipe, c, recipe, method=method, seeds=seeds, original=original, progress=False)
@@ -315,8 +317,8 @@ def main(argv: list[str] | None = None) -> dict:
         default=["red", "triangle"],
         help='concepts to erase with UCE and RECE (a colour goes toward grey, a shape toward "")',
     )
-    p.add_argument("--context", action="store_true",
-                   help="also erase with the in-context recipe (tiny_recipe(..., context=True))")  # fmt: skip
+    p.add_argument("--other-recipe", action="store_true",
+                   help="also erase with the other form of the recipe (in context or bare: tiny_recipe's context=)")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the numbers here")
     a = p.parse_args(argv)
     if a.seeds < 1 or a.map_seeds < 0 or a.first_seed < 0:
@@ -359,7 +361,8 @@ def main(argv: list[str] | None = None) -> dict:
     out["alignment"] = []
     for concept in a.erase:
         original = None
-        for context in (False, True) if a.context else (False,):
+        other = tiny_recipe(concept) == tiny_recipe(concept, context=False)  # bare by default: other is in context
+        for context in (None, other) if a.other_recipe else (None,):
             for method in ("uce", "rece"):
                 r = alignment(pipe, concept, method, seeds, long, original=original, context=context)
                 original = r.pop("original")
