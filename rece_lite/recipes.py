@@ -82,7 +82,8 @@ def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None, conte
     the official UCE's ``expand_prompts``) toward the same forms of the guide, preserving the
     other concepts of the same kind in the same forms, with the paper's λ = 0.1 and preserve
     scale 0.1, every token row (RECE's ``tokens="all"``); RECE with λ' = 0.01 (the paper, too,
-    lowers λ' for concepts UCE finds hard): two epochs for a colour, one for a shape.
+    lowers λ' for concepts UCE finds hard): two epochs for a colour, one for a shape; and the
+    concept in context, in sentences no measurement asks (below).
 
     How the colour's settings were chosen (erasing "red" toward grey; 4 prompts x 8 seeds
     "a red {shape}", seeds 0-7; "kept": both right on the other colours' prompts, 4 seeds):
@@ -124,31 +125,54 @@ def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None, conte
     pictures: red 19%, yellow 34%, green and blue 0%.)
     RECE's later edits can carry the colour past grey (blue: 20% grey, the rest another
     colour); one epoch instead of two moved that failure to green (0% grey), so two stay.
-    **A shape stays bare**: in context, UCE left the shape in 45-57% of its pictures (bare
-    20-55%), because "a red shape", like ``""``, draws whichever shape the model's habit
-    picks; neither form reached the 10% target (``python -m rece_lite.tiny.report``).  Nor does
-    grey itself (guide ``""``): in context 31% (UCE) and 78% (RECE) still grey, bare 19% and 25%.
+    **A shape goes toward a circle, in context.**  Toward ``""`` an erased "a red triangle"
+    becomes whatever the model draws when told nothing, and that habit *is* mostly a triangle:
+    ``""`` draws a triangle in 39% of pictures, a square 28%, a star 20%, a circle 12.5%
+    (seeds 0-63), so "still showing" cannot fall below that chance level.  The circle, the
+    shape the habit draws least, plays grey's part (:data:`rece_lite.tiny.world.NEUTRAL_SHAPE`):
+    "a photo of a red triangle" -> "a photo of a red circle".  Seeds 0-7 (still showing of
+    40 pictures; preservation; 32 seeds per colour for the colour kept):
+
+    ==========  =======  =====================  =====================  ==========================
+    shape       method   ``""`` in context      circle, bare           circle, in context
+    ==========  =======  =====================  =====================  ==========================
+    square      UCE      45%, 1.00              68%, 0.69              0%, 1.00, colour 100%
+    square      RECE     55%, 0.93              48%, 0.41              32%, 0.89, colour 100%
+    triangle    UCE      57%, 1.00              28%, 0.62              0%, 1.00, colour 100%
+    triangle    RECE     12%, 1.00              32%, 0.60              38%, 1.00, colour 100%
+    star        UCE      --                     0%, 0.96               0%, 1.00, colour 100%
+    star        RECE     --                     0%, 0.87               0%, 1.00, colour 100%
+    ==========  =======  =====================  =====================  ==========================
+
+    UCE toward the circle erases every shape tried; RECE's epoch brings some of the triangle
+    and the square back (each epoch is fit to the derived rows, not to the sentences UCE
+    already moved).  The circle itself, and grey, go toward ``""``, bare: in context they did
+    no better (circle 47% still showing with UCE against 20% bare; grey 31% and 78% against
+    19% and 25%).
 
     Args:
         concept: a colour or shape of the world (or a synonym).
-        context: also erase the concept *in context* (default: for a colour erased toward
-            another colour, not for a shape or toward ``""``; see the table above): for a colour,
+        context: also erase the concept *in context* (default: whenever the guide is another
+            concept, not toward ``""``; see the tables above): for a colour,
             "a photo of a red {shape}" -> "a photo of a grey {shape}" for every shape, preserving
             the other colours in the same sentences; for a shape, "a photo of a {colour} triangle"
-            -> "a photo of a {colour} shape" for every colour, preserving the other shapes so.
+            -> "a photo of a {colour} circle" for every colour, preserving the other shapes so
+            (toward ``""``: "a photo of a {colour} shape").
             The causal text encoder writes "red" into the "star" row of "a red star" too, which
             the bare forms never touch.  The sentences are :data:`IN_CONTEXT_TEMPLATE`'s, which no
             measurement asks ("a red star" is measured): an edit that names the measured prompts
             themselves would be graded on its own training rows.
         guide: what the erased concept should become: a concept of the same kind, or ``""``
             (the unconditional branch, the paper's default).  Default: the harmless colour
-            :data:`rece_lite.tiny.world.NEUTRAL` (grey) for a colour, ``""`` for a shape and for
-            grey itself.  With ``""`` an erased "a red star" is drawn as the model's
+            :data:`rece_lite.tiny.world.NEUTRAL` (grey) for a colour, the circle
+            (:data:`rece_lite.tiny.world.NEUTRAL_SHAPE`) for a shape, ``""`` for grey and the
+            circle themselves.  With ``""`` an erased "a red star" is drawn as the model's
             unconditional habit, which need not be a star; with grey it stays a star.
     """
     c = world.Concept.parse(concept)
     if guide is None:
-        guide = world.NEUTRAL if c.kind == "colour" and c.name != world.NEUTRAL else ""
+        neutral = world.NEUTRAL if c.kind == "colour" else world.NEUTRAL_SHAPE
+        guide = neutral if c.name != neutral else ""
     if guide:
         g = world.Concept.parse(guide)
         if g.kind != c.kind or g.name == c.name:
@@ -165,7 +189,7 @@ def tiny_recipe(concept: str | world.Concept, *, guide: str | None = None, conte
         rank_tol=TINY_RANK_TOL,
     )
     if context is None:
-        context = c.kind == "colour" and bool(guide)
+        context = bool(guide)
     return _in_context(recipe, c, guide) if context else recipe
 
 

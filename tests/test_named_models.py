@@ -69,10 +69,15 @@ def test_the_in_context_recipe_pairs_each_sentence_with_its_guide():
     assert not any("grey" in p for p in added)  # the guide is not held in place
     tri = tiny_recipe("triangle", context=True)
     pairs = dict(zip(tri.erase, tri.guide))
-    assert pairs["a photo of a green triangle"] == "a photo of a green shape" and pairs["a triangle"] == ""
+    assert pairs["a photo of a green triangle"] == "a photo of a green circle" and pairs["a triangle"] == "a circle"
     assert "a photo of a green star" in tri.preserve and not any("triangle" in p for p in tri.preserve)
-    assert tiny_recipe("triangle", context=False) == tiny_recipe("triangle")  # a shape: bare by default
-    assert tiny_recipe("grey") == tiny_recipe("grey", context=False)  # toward "": bare
+    assert tri == tiny_recipe("triangle")  # a shape toward the circle: in context by default
+    assert not any("circle" in p for p in tri.preserve[len(tiny_recipe("triangle", context=False).preserve) :])
+    empty = tiny_recipe("triangle", guide="", context=True)
+    assert dict(zip(empty.erase, empty.guide))["a photo of a green triangle"] == "a photo of a green shape"
+    for bare in ("grey", "circle"):  # the neutral concepts themselves go toward "", bare
+        assert tiny_recipe(bare) == tiny_recipe(bare, context=False) and tiny_recipe(bare).guide == ""
+    assert tiny_recipe("red", guide="") == tiny_recipe("red", guide="", context=False)
 
 
 @pytest.mark.parametrize("concept", [*world.COLOURS, *world.SHAPES])

@@ -22,7 +22,8 @@ Targets (issue 19):
    worst shape, its colour judged grey >= 90% (mean RGB distance to grey printed);
    preservation (others both right, as a share of the original) >= 95%; the embedding
    derived right after UCE brings the colour back >= 90% on the UCE model and <= 10% after
-   RECE.  A shape erased: still showing <= 10%, the colour kept >= 95%, preservation >= 95%.
+   RECE.  A shape erased (toward the circle): still showing <= 10%, the colour kept >= 95%,
+   preservation >= 95%.
 """
 
 from __future__ import annotations
@@ -273,17 +274,18 @@ def targets(out: dict) -> list[Target]:
                      unit="seconds"))  # fmt: skip
     for r in out.get("alignment", []):
         tag = f"{r['method'].upper()} {r['concept']}" + (" in context" if r.get("context") else "")
+        to = (r["guide"] if isinstance(r["guide"], str) else r["guide"][0]) or '""'
         if r["kind"] == "colour":
             ts += [
-                Target(f"{tag} -> grey: named prompts still showing it", r["showing"], 0.05, False, r["n_showing"]),
-                Target(f"{tag} -> grey: erased object's shape kept, worst shape", r["shape_kept_worst"], 0.95,
+                Target(f"{tag} -> {to}: named prompts still showing it", r["showing"], 0.05, False, r["n_showing"]),
+                Target(f"{tag} -> {to}: erased object's shape kept, worst shape", r["shape_kept_worst"], 0.95,
                        n=r["n_per_shape"]),
-                Target(f"{tag} -> grey: its colour judged grey", r["grey"], 0.90, n=r["n"]),
+                Target(f"{tag} -> {to}: its colour judged grey", r["grey"], 0.90, n=r["n"]),
             ]  # fmt: skip
         else:
             ts += [
-                Target(f'{tag} -> "": named prompts still showing it', r["showing"], 0.10, False, r["n_showing"]),
-                Target(f'{tag} -> "": the colour kept', r["colour_kept"], 0.95, n=r["n"]),
+                Target(f"{tag} -> {to}: named prompts still showing it", r["showing"], 0.10, False, r["n_showing"]),
+                Target(f"{tag} -> {to}: the colour kept", r["colour_kept"], 0.95, n=r["n"]),
             ]
         ts.append(Target(f"{tag}: preservation (others both right ÷ original)", r["preservation"], 0.95,
                          unit="ratio"))  # fmt: skip
@@ -315,7 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--erase",
         nargs="*",
         default=["red", "triangle"],
-        help='concepts to erase with UCE and RECE (a colour goes toward grey, a shape toward "")',
+        help="concepts to erase with UCE and RECE, with the recipe's guide (grey for a colour, the circle for a shape)",
     )
     p.add_argument("--other-recipe", action="store_true",
                    help="also erase with the other form of the recipe (in context or bare: tiny_recipe's context=)")  # fmt: skip

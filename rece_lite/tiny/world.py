@@ -30,6 +30,9 @@ from PIL import Image, ImageDraw
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 COLOURS: tuple[str, ...] = ("red", "green", "blue", "yellow", "grey")
 NEUTRAL = "grey"  #: the harmless colour an erased colour can be aligned to
+#: the shape an erased shape is aligned to: the one the model's unconditional habit draws least
+#: (what ``""`` draws, seeds 0-63: triangle 39%, square 28%, star 20%, circle 12.5%)
+NEUTRAL_SHAPE = "circle"
 RGB: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "green": (30, 170, 40),
