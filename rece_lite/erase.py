@@ -368,6 +368,7 @@ def rece_erase(
     tokens: Tokens = "all",
     progress: bool = False,
     concepts: Item | Sequence[Item] | None = None,
+    hold_erased: bool = False,
 ) -> ReceResult:
     """RECE: UCE, then ``epochs`` rounds of derive-an-embedding + erase-it, in place.
 
@@ -393,6 +394,11 @@ def rece_erase(
         tokens: see :func:`uce_erase`.
         progress: show a progress bar over epochs.
         concepts: the old name of ``erase`` (deprecated).
+        hold_erased: each epoch's edit also preserves the ``erase`` items' rows, at the keys and
+            values the edits so far gave them (not in the official code, which preserves only
+            ``preserve``).  An epoch is fit to the derived embeddings and the preserved rows
+            alone, so it can carry the erased prompts back toward the concept; this holds them
+            where UCE put them.  The miniature model's recipe sets it (``tiny_recipe``'s table).
     """
     t0 = time.perf_counter()
     if concepts is not None:
@@ -416,26 +422,28 @@ def rece_erase(
     grams = _start_grams(target, original, orig, already_edited)
     maps: list[torch.Tensor] = []
 
-    def edit(state: cf.Grams, erase_rows: torch.Tensor) -> cf.Grams:
-        M = cf.uce_map(erase_rows, cg, cp, **uce)
+    def edit(state: cf.Grams, erase_rows: torch.Tensor, keep: torch.Tensor) -> cf.Grams:
+        M = cf.uce_map(erase_rows, cg, keep, **uce)
         maps.append(M.float())
         return state.after(M)
 
     # 2. UCE, then per epoch: derive the embeddings that undo the edits so far, erase them too
     if not already_edited:
-        grams = edit(grams, ce)
+        grams = edit(grams, ce, cp)
+    keep_epochs = torch.cat([cp, ce]) if hold_erased else cp
     derived = []
     for _ in tqdm(range(epochs), desc="RECE epochs", disable=not progress):
         new = [grams.derive(c, reg=reg, reg_scale=reg_scale, old_target=old) for c in per_concept]
         derived.append(new[0] if len(new) == 1 else torch.stack(new))
-        grams = edit(grams, torch.cat(new))
+        grams = edit(grams, torch.cat(new), keep_epochs)
     Q = grams.Q
     del grams  # free the Gram matrices before the new weights are allocated
 
     # 3. the product of the edits, applied to the weights once
     te = pipe.text_encoder
     derived = [x.to(te.dtype).to(te.device) for x in derived]
-    meta = edit_metadata("rece", epochs=epochs, reg=reg, reg_scale=reg_scale, tokens=tokens, **uce)
+    meta = edit_metadata("rece", epochs=epochs, reg=reg, reg_scale=reg_scale, tokens=tokens, **uce,
+                         **({"hold_erased": True} if hold_erased else {}))  # fmt: skip
     patch = _apply_map(target, Q, meta)
     return ReceResult(patch, derived, time.perf_counter() - t0, maps)
 

@@ -320,3 +320,32 @@ def test_unknown_model_offline_says_what_to_do(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="'tiny' for the embedded model"):
         rl.load_pipeline("nobody/no-such-model")
+
+
+# ----------------------------------------------------------------------- hold_erased
+def test_hold_erased_is_the_loop_whose_epochs_also_preserve_the_erased_rows():
+    fast, slow = build_pipeline(seed=1), build_pipeline(seed=1)
+    kw = dict(lamb=0.1, erase_scale=1.0, preserve_scale=0.1)
+    res = rl.rece_erase(fast, "red", guide="", preserve=["blue"], epochs=2, reg_scale=0.1, hold_erased=True, **kw)
+    assert res.patch.metadata.get("hold_erased") == "True"
+    snap = rl.snapshot(slow)
+    rl.uce_erase(slow, "red", "", ["blue"], **kw)
+    red, empty = rl.encode(slow, "red")[0], rl.encode(slow, "")[0]
+    for _ in range(2):
+        derived = rl.derive_embedding(slow, "red", original=snap, reg="zero", reg_scale=0.1)
+        rl.uce_erase(slow, [derived], guide=empty, preserve=["blue", red], **kw)
+    for name, w in _weights(slow).items():
+        torch.testing.assert_close(res.patch.weights[name], w, rtol=1e-4, atol=1e-5)
+
+
+def test_hold_erased_keeps_the_erased_rows_nearer_where_uce_put_them():
+    moved = {}
+    for hold in (False, True):
+        pipe = build_pipeline(seed=2)
+        before = _weights(pipe)
+        red = rl.encode(pipe, "red")[0].double()
+        res = rl.rece_erase(pipe, ["red", "something red"], guide=["grey", "something grey"], preserve=["blue"],
+                            epochs=2, reg_scale=0.01, hold_erased=hold)  # fmt: skip
+        uce = {n: w.double() @ res.maps[0].double() for n, w in before.items()}
+        moved[hold] = sum(((res.patch.weights[n].double() - uce[n]) @ red.T).norm() ** 2 for n in uce) ** 0.5
+    assert moved[True] < 0.5 * moved[False], moved
