@@ -61,7 +61,8 @@ def wilson(share: float, n: int, *, upper: bool) -> float:
     z2 = Z95 * Z95
     centre = (share + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * math.sqrt(share * (1 - share) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return min(1.0, centre + half) if upper else max(0.0, centre - half)
+    # never on the wrong side of the share itself (rounding can put 1 - 1e-16 above a share of 1)
+    return min(1.0, max(share, centre + half)) if upper else max(0.0, min(share, centre - half))
 
 
 @dataclass(frozen=True)
