@@ -320,8 +320,11 @@ def main(argv: list[str] | None = None) -> dict:
         default=["red", "triangle"],
         help="concepts to erase with UCE and RECE, with the recipe's guide (grey for a colour, the circle for a shape)",
     )
-    p.add_argument("--other-recipe", action="store_true",
-                   help="also erase with the other form of the recipe (in context or bare: tiny_recipe's context=)")  # fmt: skip
+    p.add_argument(
+        "--other-recipe",
+        action="store_true",
+        help="also erase with the recipe's other form (in context or bare: tiny_recipe's context=)",
+    )
     p.add_argument("--json", default=None, help="also write the numbers here")
     a = p.parse_args(argv)
     if a.seeds < 1 or a.map_seeds < 0 or a.first_seed < 0:

@@ -42,7 +42,10 @@ COLOUR_POSITIONS = (2, 6)
 FIRST_SEED = 100
 
 
-def pair_prompts(k: int, *, seed: int = 0, colour: str | None = None) -> list[tuple[str, tuple[str, str], tuple[str, str]]]:
+Pair = tuple[str, tuple[str, str], tuple[str, str]]  #: (prompt, (c1, s1), (c2, s2))
+
+
+def pair_prompts(k: int, *, seed: int = 0, colour: str | None = None) -> list[Pair]:
     """``k`` prompts (prompt, (c1, s1), (c2, s2)): distinct colours and shapes, drawn without repeats from ``seed``.
 
     With ``colour``, only pairs where one of the two objects has that colour.
